@@ -1,0 +1,35 @@
+"""budgetlora: fine-tune a frozen text encoder for classification with LoRA under a hard
+budget of trainable parameters.
+
+The modules follow the data: config -> data -> model / budget -> train -> evaluate -> predict,
+with `cli` a thin layer over them. In a notebook:
+
+    from budgetlora import load_config, train, evaluate_run, predict_file
+    cfg = load_config("r6-qkv-a24", ["data.train=my.csv", "model.name=roberta-base"])
+    metrics = train(cfg, "runs/first")
+"""
+
+from .budget import Breakdown, count, plan_from_config
+from .config import Config, load_config, recipe_names
+from .errors import UserError
+from .evaluate import evaluate_run
+from .model import build_model, load_run
+from .predict import predict_file
+from .train import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Breakdown",
+    "Config",
+    "UserError",
+    "build_model",
+    "count",
+    "evaluate_run",
+    "load_config",
+    "load_run",
+    "plan_from_config",
+    "predict_file",
+    "recipe_names",
+    "train",
+]

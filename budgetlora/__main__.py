@@ -1,0 +1,5 @@
+"""`python -m budgetlora ...` (and `accelerate launch -m budgetlora ...`)."""
+
+from .cli import main
+
+raise SystemExit(main())

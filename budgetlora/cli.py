@@ -1,0 +1,166 @@
+"""Command line: a thin layer over the Python API (argparse in, API call, print out).
+
+Every UserError becomes one line on stderr and exit status 2; so does a malformed command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2, like every other bad input
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="bundled recipe name or YAML file (default: default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume and (args.recipe or args.overrides):
+        raise UserError("--resume continues the run's saved config.yaml; drop --recipe/--set")
+    cfg = None if args.resume else load_config(args.recipe, args.overrides)
+    train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, trust_pickle=args.trust_pickle)
+    return 0
+
+
+def _cmd_params(args) -> int:
+    from .budget import check, plan_from_config
+    from .config import load_config
+
+    overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
+    cfg = load_config(args.recipe, overrides)
+    label_names = cfg.data.label_names or [str(i) for i in range(args.num_labels)]
+    breakdown = plan_from_config(cfg, label_names)
+    if args.json:
+        print(json.dumps({"model": cfg.model.name, "recipe": cfg.recipe, "num_labels": len(label_names),
+                          **breakdown.to_dict()}, indent=2))
+    else:
+        print(f"{cfg.model.name} + {cfg.adapter.method} r={cfg.adapter.r} on {cfg.adapter.targets}, "
+              f"{len(label_names)} classes (recipe {cfg.recipe}):")
+        print(breakdown.table())
+    check(breakdown, cfg.budget.max_trainable)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        low, high = result["accuracy_ci95"]
+        print(f"{result['data']}: {result['n']} rows, accuracy {result['accuracy']:.4f} "
+              f"(95% CI {low:.4f}-{high:.4f}), macro-F1 {result['macro_f1']:.4f}, loss {result['loss']:.4f}")
+        for name, row in result["per_class"].items():
+            print(f"  {name:<20} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+                  f"f1 {row['f1']:.3f} n={row['support']}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import predict_file
+
+    frame = predict_file(args.run_dir, args.data, args.out, probabilities=args.probs,
+                         label_names_column=args.label_names, overwrite=args.overwrite,
+                         trust_pickle=args.trust_pickle)
+    print(f"wrote {len(frame)} predictions to {args.out}")
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from .quickstart import quickstart
+
+    quickstart(args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from .config import load_config, recipe_names
+
+    for name in recipe_names():
+        cfg = load_config(name)
+        a, t = cfg.adapter, cfg.train
+        length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+        print(f"{name:<18} {a.method} r={a.r} alpha={a.alpha:g} targets={a.targets} bias={a.bias} "
+              f"lr={t.lr:g} {length} of batch {t.batch_size}, {t.scheduler}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="fine-tune under the budget into a run directory")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("params", help="exact trainable-parameter breakdown from a config (no weights)")
+    _add_config_args(p)
+    p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
+    p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override data settings, e.g. --set data.text_column=body")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write ID,Label predictions for a file")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="file or hub dataset (id:split); labels not needed")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--probs", action="store_true", help="add one probability column per class")
+    p.add_argument("--label-names", action="store_true", help="add a LabelName column")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("quickstart", help="offline demo: real MiniLM on bundled AG News, train/evaluate/predict")
+    p.add_argument("--out", default="budgetlora-quickstart", help="folder for the run and predictions")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("recipes", help="list the bundled recipes")
+    p.set_defaults(func=_cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as e:
+        print(f"budgetlora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("budgetlora: interrupted (a training run can continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Typed run configuration: dataclasses, YAML recipes and `--set key=value` overrides.
+
+A recipe is a YAML file with up to six sections (model, data, adapter, head, train, budget);
+whatever it leaves out takes the dataclass default below. Every key and value is checked here,
+before any model or data is touched, and a wrong one raises a UserError that names the key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+TARGET_ROLES = ("attention", "attention_all", "ffn", "all_linear")
+
+
+def _choice(*allowed: str) -> dict:
+    return {"choices": allowed}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "roberta-base"  # hub id or local folder
+    max_length: int = field(default=256, metadata={"min": 8})
+    tokenizer: str | None = None  # defaults to `name`
+
+
+@dataclass
+class DataConfig:
+    train: str = "ag_news"  # hub dataset id (optionally "id:split") or a local file
+    test: str | None = None  # labelled file or "id:split", evaluated once at the end
+    format: str = field(
+        default="auto",
+        metadata=_choice("auto", "csv", "tsv", "jsonl", "parquet", "ag_news_csv", "pickle", "hub"),
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    id_column: str | None = None
+    label_names: list[str] | None = None
+    val_size: float = field(default=0.1, metadata={"min_exclusive": 0})  # fraction < 1 or count
+    max_train_samples: int | None = field(default=None, metadata={"min": 1})
+
+
+@dataclass
+class AdapterConfig:
+    method: str = field(default="lora", metadata=_choice("lora"))
+    r: int = field(default=6, metadata={"min": 1})
+    alpha: float = field(default=24.0, metadata={"min_exclusive": 0})
+    dropout: float = field(default=0.1, metadata={"min": 0, "max": 0.99})
+    # a role (attention, attention_all, ffn, all_linear) or a list of module names
+    targets: Union[str, list[str]] = "attention"
+    bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
+
+
+@dataclass
+class HeadConfig:
+    type: str = field(default="standard", metadata=_choice("standard"))
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = field(default=3.0, metadata={"min_exclusive": 0})
+    max_steps: int | None = field(default=None, metadata={"min": 1})  # overrides epochs
+    batch_size: int = field(default=16, metadata={"min": 1})
+    eval_batch_size: int = field(default=128, metadata={"min": 1})
+    lr: float = field(default=2e-4, metadata={"min_exclusive": 0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    scheduler: str = field(default="linear", metadata=_choice("linear", "cosine", "constant"))
+    warmup: float = field(default=0.0, metadata={"min": 0})  # fraction of steps if < 1, else steps
+    max_grad_norm: float | None = field(default=1.0, metadata={"min_exclusive": 0})
+    eval_every: int | None = field(default=None, metadata={"min": 1})  # steps; None = each epoch
+    early_stopping_patience: int | None = field(default=None, metadata={"min": 1})
+    metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))
+    seed: int = 42
+    precision: str = field(default="auto", metadata=_choice("auto", "fp32", "bf16", "fp16"))
+    progress: bool = True
+
+
+@dataclass
+class BudgetConfig:
+    max_trainable: int = field(default=1_000_000, metadata={"min": 1})
+
+
+@dataclass
+class Config:
+    recipe: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- building and checking
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn a YAML value into the annotated type, or raise UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # --set adapter.targets=query,value
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    as_float = float(value)
+                except ValueError:
+                    as_float = None
+                if as_float is not None and as_float.is_integer():
+                    return int(as_float)
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not user input
+
+
+def _check_field(value: Any, f: dataclasses.Field, key: str) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{key}: {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    if "min" in meta and value < meta["min"]:
+        raise UserError(f"{key}: {value!r} is too small; it must be >= {meta['min']}")
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        raise UserError(f"{key}: {value!r} must be > {meta['min_exclusive']}")
+    if "max" in meta and value > meta["max"]:
+        raise UserError(f"{key}: {value!r} is too large; it must be <= {meta['max']}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"{prefix or 'config'}: expected a mapping of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise UserError(
+            f"unknown config key {where}{unknown[0]}; allowed keys{' in ' + prefix if prefix else ''}: "
+            f"{', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in values:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, values[name] or {}, key)
+        else:
+            value = _coerce(values[name], tp, key)
+            _check_field(value, f, key)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_whole(cfg: Config) -> Config:
+    """Cross-field rules that no single field can check."""
+    targets = cfg.adapter.targets
+    if isinstance(targets, str):
+        if targets not in TARGET_ROLES:
+            # module names are fine too: "query" or "query,value"
+            cfg.adapter.targets = [t.strip() for t in targets.split(",") if t.strip()]
+    elif not targets:
+        raise UserError(f"adapter.targets: empty; give a role ({', '.join(TARGET_ROLES)}) or module names")
+    val = cfg.data.val_size
+    if val >= 1 and not float(val).is_integer():
+        raise UserError(f"data.val_size: {val} is neither a fraction below 1 nor a whole count of rows")
+    if cfg.train.warmup >= 1 and not float(cfg.train.warmup).is_integer():
+        raise UserError(f"train.warmup: {cfg.train.warmup} is neither a fraction below 1 nor a step count")
+    return cfg
+
+
+# ---------------------------------------------------------------- recipes and overrides
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("budgetlora") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe(recipe: str | Path | None) -> tuple[str, dict]:
+    if recipe is None:
+        recipe = "default"
+    path = Path(recipe)
+    if str(recipe).endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise UserError(f"recipe file {recipe} does not exist; give a YAML path or one of: {', '.join(recipe_names())}")
+        text, name = path.read_text(encoding="utf-8"), path.stem
+    else:
+        res = resources.files("budgetlora") / "recipes" / f"{recipe}.yaml"
+        if not res.is_file():
+            raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(recipe_names())}, or give a YAML file")
+        text, name = res.read_text(encoding="utf-8"), str(recipe)
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {recipe} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(values, dict):
+        raise UserError(f"recipe {recipe} must be a YAML mapping of sections (model, data, adapter, ...)")
+    values.setdefault("recipe", name)
+    return name, values
+
+
+def apply_override(values: dict, assignment: str) -> None:
+    """Apply one `section.key=value` string to a nested dict of raw values."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected key=value, e.g. --set train.lr=3e-4")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if parts[0] not in sections:
+        raise UserError(f"--set {key}: unknown section {parts[0]!r}; sections: {', '.join(sorted(sections))}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(values: dict) -> Config:
+    return _check_whole(_build(Config, values, ""))
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a recipe (bundled name or YAML path), apply `key=value` overrides, validate."""
+    _, values = _read_recipe(recipe)
+    for assignment in overrides:
+        apply_override(values, assignment)
+    return from_dict(values)

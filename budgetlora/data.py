@@ -1,0 +1,360 @@
+"""Data: read text (and labels) from the hub or a local file, map labels, split, tokenise, batch.
+
+Sources: a hub dataset id (`ag_news`, or `ag_news:test` for a split), loaded with `datasets`;
+or a local CSV/TSV with a header, JSON lines, Parquet, the original headerless AG News CSV
+(`class(1-4),title,description`), or a pickle (only when trusted: unpickling runs code).
+Tokenisation goes through `datasets.Dataset.map` with a cache file named by a hash of the
+texts and the tokenizer, so a second run reads the token ids back instead of re-tokenising.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import DataConfig
+from .errors import UserError
+
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
+
+
+@dataclass
+class TextTable:
+    """Rows read from one source, before labels become integers."""
+
+    texts: list[str]
+    labels: list | None  # raw values: ints or names
+    ids: list | None
+    label_names: list[str] | None  # names the source itself declares (hub ClassLabel, AG News)
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _format_of(path: Path, declared: str) -> str:
+    if declared not in ("auto", "hub"):
+        return declared
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz"):
+        suffixes = suffixes[:-1]
+    fmt = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise UserError(
+            f"unknown file format for {path}; name it .csv/.tsv/.jsonl/.parquet or set "
+            "data.format=csv|tsv|jsonl|parquet|ag_news_csv|pickle"
+        )
+    if fmt == "csv" and _looks_like_ag_news_csv(path):
+        return "ag_news_csv"
+    return fmt
+
+
+def _open_text(path: Path):
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def _looks_like_ag_news_csv(path: Path) -> bool:
+    """The original AG News CSV has no header: "3","title","description"."""
+    try:
+        with _open_text(path) as f:
+            rows = [row for _, row in zip(range(5), csv.reader(f))]
+    except (UnicodeDecodeError, OSError, csv.Error):
+        return False
+    return bool(rows) and all(len(r) == 3 and r[0].strip() in ("1", "2", "3", "4") for r in rows)
+
+
+def _read_frame(path: Path, fmt: str, trust_pickle: bool) -> tuple[pd.DataFrame, list[str] | None]:
+    if fmt == "pickle" and not trust_pickle:
+        raise UserError(
+            f"{path} is a pickle, and unpickling runs code; pass --trust-pickle if you trust its source"
+        )
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, encoding="utf-8", keep_default_na=False), None
+        if fmt == "tsv":
+            return pd.read_csv(path, sep="\t", encoding="utf-8", keep_default_na=False), None
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8"), None
+        if fmt == "parquet":
+            return pd.read_parquet(path), None
+        if fmt == "ag_news_csv":
+            frame = pd.read_csv(
+                path, header=None, names=["label", "title", "description"], encoding="utf-8",
+                keep_default_na=False, dtype={"title": str, "description": str},
+            )
+            text = (frame["title"].str.strip() + " " + frame["description"].str.strip()).str.strip()
+            return pd.DataFrame({"text": text, "label": frame["label"].astype(int) - 1}), list(AG_NEWS_LABELS)
+        if fmt == "pickle":
+            obj = pd.read_pickle(path)
+            if hasattr(obj, "to_pandas"):  # a datasets.Dataset
+                obj = obj.to_pandas()
+            if isinstance(obj, dict):
+                obj = pd.DataFrame(obj)
+            if not isinstance(obj, pd.DataFrame):
+                raise UserError(f"{path} unpickles to {type(obj).__name__}; expected a table (DataFrame, Dataset or dict of columns)")
+            return obj, None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at position {e.start}); re-save it as UTF-8") from None
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} as {fmt} ({first}); check the file or set data.format") from None
+    raise UserError(f"unknown data.format {fmt!r}")
+
+
+def _split_hub_id(source: str, default_split: str) -> tuple[str, str]:
+    if ":" in source:
+        name, split = source.rsplit(":", 1)
+        return name, split
+    return source, default_split
+
+
+def _read_hub(source: str, split: str) -> tuple[pd.DataFrame, list[str] | None, "object"]:
+    import datasets
+
+    name, split = _split_hub_id(source, split)
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, missing dataset, missing split: all user-facing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"cannot load dataset {name!r} (split {split!r}) from the Hugging Face hub ({first}); "
+            "check the name and the network, or give a local file (CSV/TSV/JSONL/Parquet)"
+        ) from None
+    return ds.to_pandas(), None, ds.features
+
+
+def is_local(source: str) -> bool:
+    path = Path(source)
+    return path.exists() or bool(set(s.lower() for s in path.suffixes) & (set(_EXTENSIONS) | {".gz"})) or os.sep in source
+
+
+def read_table(
+    source: str,
+    cfg: DataConfig,
+    *,
+    split: str = "train",
+    need_labels: bool = True,
+    trust_pickle: bool = False,
+) -> TextTable:
+    """Read one source into texts, raw labels and ids; raise UserError on anything wrong."""
+    label_names = None
+    if cfg.format == "hub" or (cfg.format == "auto" and not is_local(source)):
+        frame, _, features = _read_hub(source, split)
+        feature = features.get(cfg.label_column) if features is not None else None
+        if feature is not None and hasattr(feature, "names"):
+            label_names = list(feature.names)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"data file {source} does not exist; check the path (data.train / --data)")
+        fmt = _format_of(path, cfg.format)
+        frame, label_names = _read_frame(path, fmt, trust_pickle)
+
+    columns = [str(c) for c in frame.columns]
+    if cfg.text_column not in frame.columns:
+        raise UserError(
+            f"text column {cfg.text_column!r} not in {source} (columns: {', '.join(columns)}); "
+            "set data.text_column=NAME"
+        )
+    labels = None
+    if cfg.label_column in frame.columns:
+        labels = frame[cfg.label_column].tolist()
+    elif need_labels:
+        raise UserError(
+            f"label column {cfg.label_column!r} not in {source} (columns: {', '.join(columns)}); "
+            "set data.label_column=NAME"
+        )
+    texts = frame[cfg.text_column]
+    bad = [i for i, t in enumerate(texts.tolist()) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise UserError(
+            f"{len(bad)} row(s) of {source} have empty or non-text {cfg.text_column!r} (first: row {bad[0]}); "
+            "remove or fill them"
+        )
+    ids = None
+    id_column = cfg.id_column or next((c for c in ("id", "ID", "Id") if c in frame.columns), None)
+    if id_column is not None:
+        if id_column not in frame.columns:
+            raise UserError(f"id column {id_column!r} not in {source} (columns: {', '.join(columns)}); set data.id_column=NAME")
+        ids = frame[id_column].tolist()
+    if labels is not None and need_labels:
+        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
+        if missing:
+            raise UserError(f"{len(missing)} row(s) of {source} have no label (first: row {missing[0]}); remove or fill them")
+    return TextTable(texts=texts.tolist(), labels=labels, ids=ids, label_names=label_names, source=source)
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _as_int(value) -> int | None:
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def infer_label_names(table: TextTable, declared: list[str] | None) -> list[str]:
+    """The class names of a training table: declared > source's own > inferred from values."""
+    if declared:
+        return list(declared)
+    if table.label_names:
+        return list(table.label_names)
+    as_ints = [_as_int(v) for v in table.labels]
+    if all(v is not None for v in as_ints):
+        if min(as_ints) < 0:
+            raise UserError(f"negative label {min(as_ints)} in {table.source}; labels must be 0..K-1 or names")
+        return [str(i) for i in range(max(as_ints) + 1)]
+    return sorted({str(v) for v in table.labels})
+
+
+def encode_labels(table: TextTable, label_names: list[str]) -> np.ndarray:
+    """Map raw labels (ints or names) to 0..K-1 against `label_names`; unknown ones are an error."""
+    index = {name: i for i, name in enumerate(label_names)}
+    out = np.empty(len(table.labels), dtype=np.int64)
+    for row, value in enumerate(table.labels):
+        as_int = _as_int(value)
+        if str(value) in index:  # a name (or a number that is itself a name)
+            out[row] = index[str(value)]
+        elif as_int is not None and 0 <= as_int < len(label_names):  # a class id
+            out[row] = as_int
+        else:
+            raise UserError(
+                f"unknown label {value!r} in {table.source} (row {row}); expected one of "
+                f"{', '.join(label_names)} or 0..{len(label_names) - 1}"
+            )
+    return out
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def split_train_val(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split; val_size is a fraction (< 1) or a row count."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    size = int(val_size) if val_size >= 1 else val_size
+    n_val = size if isinstance(size, int) else int(np.ceil(size * n))
+    n_classes = len(np.unique(labels))
+    if n_val < 1 or n - n_val < 1:
+        raise UserError(f"data.val_size={val_size} leaves no validation or no training rows out of {n}; change it")
+    indices = np.arange(n)
+    stratify = labels
+    counts = np.bincount(labels)
+    if n_val < n_classes or (counts[counts > 0] < 2).any():
+        stratify = None  # too few rows per class to stratify
+    train_idx, val_idx = train_test_split(indices, test_size=size, random_state=seed, stratify=stratify)
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+# ---------------------------------------------------------------- tokenising (cached)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BUDGETLORA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "budgetlora"
+    )
+    return Path(root) / "tokens"
+
+
+def _fingerprint(texts: list[str], tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_length}|".encode())
+    h.update(repr(tokenizer("budgetlora fingerprint: Ünïcode 123")["input_ids"]).encode())
+    for text in texts:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+def tokenize(texts: list[str], tokenizer, max_length: int, use_cache: bool = True) -> list[np.ndarray]:
+    """Token ids per text (truncated, unpadded); cached on disk by content + tokenizer hash."""
+    import datasets
+
+    def encode(batch):
+        return {"input_ids": tokenizer(batch["text"], truncation=True, max_length=max_length)["input_ids"]}
+
+    ds = datasets.Dataset.from_dict({"text": texts})
+    kwargs = dict(batched=True, batch_size=2000, remove_columns=["text"])
+    if use_cache:
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        kwargs.update(cache_file_name=str(folder / f"{_fingerprint(texts, tokenizer, max_length)}.arrow"))
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = ds.map(encode, load_from_cache_file=True, **kwargs)
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    ds = ds.with_format("numpy")
+    return [np.asarray(ids, dtype=np.int64) for ids in ds["input_ids"]]
+
+
+# ---------------------------------------------------------------- batching
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    index: np.ndarray  # row numbers in the tokenised list
+
+    def model_inputs(self, device) -> dict:
+        return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
+
+
+def collate(token_ids: list[np.ndarray], index: np.ndarray, pad_id: int, labels: np.ndarray | None) -> Batch:
+    """Pad one batch to its own longest row (dynamic padding)."""
+    rows = [token_ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    y = torch.from_numpy(labels[index]) if labels is not None else None
+    return Batch(torch.from_numpy(ids), torch.from_numpy(mask), y, index)
+
+
+def train_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled row order of one epoch: a pure function of (seed, epoch), so resume can replay it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def eval_batches(token_ids: list[np.ndarray], batch_size: int, pad_id: int, labels: np.ndarray | None = None):
+    """Batches sorted by length (little padding); each Batch.index says which rows it holds."""
+    order = np.argsort([len(t) for t in token_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield collate(token_ids, order[start : start + batch_size], pad_id, labels)

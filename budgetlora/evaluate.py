@@ -1,0 +1,118 @@
+"""Evaluate: logits for tokenised rows, and the metrics a reader can trust.
+
+Metrics come from scikit-learn (accuracy, macro-F1, per-class precision/recall/F1, confusion
+matrix); the 95% interval for accuracy is a seeded percentile bootstrap over rows (numpy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import eval_batches
+
+
+def pad_id_of(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+@torch.inference_mode()
+def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: int, autocast=None) -> np.ndarray:
+    """(rows, classes) float32 logits in the original row order; batches sorted by length."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = None
+    for batch in eval_batches(token_ids, batch_size, pad_id):
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = model(**batch.model_inputs(device)).logits
+        logits = logits.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(token_ids), logits.shape[1]), dtype=np.float32)
+        out[batch.index] = logits
+    if was_training:
+        model.train()
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def bootstrap_accuracy_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval for the mean of a 0/1 vector."""
+    rng = np.random.default_rng(seed)
+    n = len(correct)
+    samples = rng.integers(0, n, size=(n_boot, n))
+    means = correct[samples].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def quick_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """What training looks at every evaluation: loss, accuracy, macro-F1."""
+    from sklearn.metrics import f1_score
+
+    pred = logits.argmax(axis=1)
+    return {
+        "loss": cross_entropy(logits, labels),
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro", labels=np.arange(logits.shape[1]), zero_division=0)),
+    }
+
+
+def full_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[str], seed: int = 0) -> dict:
+    """Everything a report needs, JSON-ready."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = np.arange(len(label_names))
+    pred = logits.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
+    low, high = bootstrap_accuracy_ci((pred == labels).astype(np.float64), seed=seed)
+    result = quick_metrics(logits, labels)
+    result.update(
+        n=int(len(labels)),
+        accuracy_ci95=[low, high],
+        per_class={
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+        },
+        confusion_matrix=confusion_matrix(labels, pred, labels=classes).tolist(),
+        label_names=list(label_names),
+    )
+    return result
+
+
+def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = ()) -> dict:
+    """Load a finished run and compute full metrics on a labelled file (or hub split)."""
+    from .config import apply_override, from_dict
+    from .data import encode_labels, read_table, tokenize
+    from .model import load_run
+
+    model, tokenizer, cfg, label_names = load_run(run_dir)
+    if data_overrides:
+        values = cfg.to_dict()
+        for assignment in data_overrides:
+            apply_override(values, assignment)
+        cfg = from_dict(values)
+    table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
+    labels = encode_labels(table, label_names)
+    ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
+    logits = compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
+    result = full_metrics(logits, labels, label_names, seed=cfg.train.seed)
+    result["data"] = str(data)
+    return result

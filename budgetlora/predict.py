@@ -1,0 +1,68 @@
+"""Predict: class predictions for a file, written as a Kaggle-style `ID,Label` CSV.
+
+IDs come from the file's id column (data.id_column, or a column named id/ID/Id) or, when there
+is none, from row order starting at 0. Options add the label name and class probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .evaluate import compute_logits, pad_id_of, softmax
+
+
+def predict_table(model, tokenizer, cfg, label_names, table) -> pd.DataFrame:
+    """ID, Label, LabelName and one prob_<name> column per class, in the file's row order."""
+    from .data import tokenize
+
+    ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
+    logits = compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
+    probs = softmax(logits)
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "ID": table.ids if table.ids is not None else np.arange(len(table)),
+            "Label": pred,
+            "LabelName": [label_names[i] for i in pred],
+        }
+    )
+    for k, name in enumerate(label_names):
+        frame[f"prob_{name}"] = probs[:, k]
+    return frame
+
+
+def predict_file(
+    run_dir: str | Path,
+    data: str,
+    out: str | Path,
+    *,
+    probabilities: bool = False,
+    label_names_column: bool = False,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+) -> pd.DataFrame:
+    """Predict every row of `data` and write `ID,Label[,LabelName][,prob_*]` to `out`."""
+    from .data import read_table
+    from .model import load_run
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not out.parent.exists():
+        raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
+    model, tokenizer, cfg, label_names = load_run(run_dir)
+    table = read_table(data, cfg.data, split="test", need_labels=False, trust_pickle=trust_pickle)
+    frame = predict_table(model, tokenizer, cfg, label_names, table)
+    columns = ["ID", "Label"]
+    if label_names_column:
+        columns.append("LabelName")
+    if probabilities:
+        columns += [f"prob_{name}" for name in label_names]
+    tmp = out.with_name(out.name + ".tmp")
+    frame[columns].to_csv(tmp, index=False)
+    tmp.replace(out)
+    return frame[columns]

@@ -1,0 +1,291 @@
+"""Train: one recipe, start to finish, in one readable function.
+
+data -> budgeted model -> AdamW + schedule -> steps with periodic evaluation, early stopping
+and checkpoints -> best adapter restored and saved -> final metrics. Accelerate owns the
+device and mixed precision (bf16 autocast on a GPU). The batching is ours (dynamic padding
+over pre-tokenised rows, order a pure function of seed and epoch) because that is what lets a
+killed run resume exactly where it stopped.
+
+Run directory:
+    config.yaml      resolved config            labels.json    class names
+    budget.json      trainable-parameter breakdown
+    metrics.jsonl    one line per evaluation    metrics.json   final metrics (val, test)
+    adapter/         best adapter + head, PEFT format (+ tokenizer)
+    checkpoint/      state for --resume (latest evaluation)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import budget
+from .config import Config, load_config
+from .data import collate, encode_labels, infer_label_names, read_table, split_train_val, tokenize, train_order
+from .errors import UserError
+from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
+from .model import build_model, load_tokenizer, save_adapter, trainable_state
+
+CHECKPOINT = "checkpoint/state.pt"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _accelerator(precision: str):
+    from accelerate import Accelerator
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+
+
+def _scheduler(cfg: Config, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.train.warmup
+    warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.train.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def _optimizer(cfg: Config, model):
+    """AdamW; no weight decay on biases and LayerNorm weights (the usual convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "val_loss" else value > best
+
+
+def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber an existing run before anything is loaded."""
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise UserError(f"nothing to resume in {out} (no {CHECKPOINT}); start it without --resume")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"run directory {out} already exists; choose another --out, pass --overwrite, or --resume it")
+
+
+def train(
+    cfg: Config | None,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    trust_pickle: bool = False,
+    log=print,
+) -> dict:
+    """Train `cfg` into run directory `out`; returns the final metrics (also in metrics.json)."""
+    out = Path(out)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    if resume:
+        cfg = load_config(out / "config.yaml")
+    t_start = time.time()
+
+    # ---- data: read, label, split
+    table = read_table(cfg.data.train, cfg.data, split="train", trust_pickle=trust_pickle)
+    label_names = infer_label_names(table, cfg.data.label_names)
+    if resume:
+        label_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    labels = encode_labels(table, label_names)
+    if len(label_names) < 2:
+        raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
+    train_idx, val_idx = split_train_val(labels, cfg.data.val_size, cfg.train.seed)
+    if cfg.data.max_train_samples and cfg.data.max_train_samples < len(train_idx):
+        train_idx = np.sort(np.random.default_rng(cfg.train.seed).permutation(train_idx)[: cfg.data.max_train_samples])
+    test = None
+    if cfg.data.test:
+        test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)
+        test = (test_table, encode_labels(test_table, label_names))
+
+    # ---- model and budget: refused here, before anything is written
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    model = build_model(cfg, label_names)
+    breakdown = budget.count(model, cfg.budget.max_trainable)
+    log(f"trainable parameters ({cfg.model.name}, {cfg.adapter.method} r={cfg.adapter.r}):\n{breakdown.table()}")
+    budget.check(breakdown, cfg.budget.max_trainable)
+
+    # ---- tokenise once (cached on disk)
+    pad_id = pad_id_of(tokenizer)
+    texts = table.texts
+    ids_all = tokenize(texts, tokenizer, cfg.model.max_length)
+    train_ids = [ids_all[i] for i in train_idx]
+    val_ids = [ids_all[i] for i in val_idx]
+    y_train, y_val = labels[train_idx], labels[val_idx]
+
+    # ---- run directory
+    if not resume:
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "checkpoint").mkdir(parents=True)
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        _write_json(out / "labels.json", label_names)
+        _write_json(out / "budget.json", breakdown.to_dict())
+
+    # ---- optimisation
+    accelerator = _accelerator(cfg.train.precision)
+    model.to(accelerator.device)
+    optimizer = _optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(train_ids) / cfg.train.batch_size)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    scheduler = _scheduler(cfg, optimizer, total_steps)
+    eval_every = cfg.train.eval_every or steps_per_epoch
+    metric = cfg.train.metric
+    metric_key = {"val_loss": "loss", "accuracy": "accuracy", "macro_f1": "macro_f1"}[metric]
+
+    step, best_value, best_step, bad_evals, best_state = 0, None, None, 0, None
+    train_seconds, samples_seen = 0.0, 0
+    if resume:
+        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best_value, best_step, bad_evals = state["step"], state["best_value"], state["best_step"], state["bad_evals"]
+        best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
+        _truncate_history(out / "metrics.jsonl", step)
+        log(f"resumed {out} at step {step}/{total_steps}")
+
+    from tqdm.auto import tqdm
+
+    show_bar = cfg.train.progress and sys.stderr.isatty()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    running_loss, running_n = 0.0, 0
+    stopped_early = False
+    model.train()
+    while step < total_steps:
+        epoch, position = divmod(step, steps_per_epoch)
+        order = train_order(len(train_ids), cfg.train.seed, epoch)
+        rows = order[position * cfg.train.batch_size : (position + 1) * cfg.train.batch_size]
+        batch = collate(train_ids, rows, pad_id, y_train)
+        torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout masks: a function of the step
+
+        t0 = time.perf_counter()
+        with accelerator.autocast():
+            logits = model(**batch.model_inputs(accelerator.device)).logits
+        loss = loss_fn(logits.float(), batch.labels.to(accelerator.device))
+        accelerator.backward(loss)
+        if cfg.train.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        train_seconds += time.perf_counter() - t0
+        samples_seen += len(rows)
+        step += 1
+        running_loss += loss_value
+        running_n += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        samples_s=f"{samples_seen / max(train_seconds, 1e-9):.1f}")
+
+        if step % eval_every == 0 or step == total_steps:
+            val = quick_metrics(
+                compute_logits(model, val_ids, cfg.train.eval_batch_size, pad_id, accelerator.autocast), y_val
+            )
+            record = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                "train_loss": running_loss / max(running_n, 1),
+                "lr": scheduler.get_last_lr()[0],
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "samples_per_s": samples_seen / max(train_seconds, 1e-9),
+                "elapsed_s": time.time() - t_start,
+            }
+            running_loss, running_n = 0.0, 0
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            value = val[metric_key]
+            if _better(metric, value, best_value):
+                best_value, best_step, bad_evals = value, step, 0
+                best_state = {k: v.cpu() for k, v in trainable_state(model).items()}
+                save_adapter(model, out / "adapter")
+            else:
+                bad_evals += 1
+            message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
+                       f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "
+                       f"{record['samples_per_s']:.1f} samples/s" + (" *" if best_step == step else ""))
+            bar.write(message) if show_bar else log(message)
+            patience = cfg.train.early_stopping_patience
+            stopped_early = bool(patience) and bad_evals >= patience and step < total_steps
+            _save_checkpoint(out, {
+                "step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
+                "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
+                "samples_seen": samples_seen, "stopped_early": stopped_early,
+            })
+            if stopped_early:
+                log(f"early stopping at step {step}: no {metric} improvement in {patience} evaluations")
+                break
+    bar.close()
+
+    # ---- the best checkpoint, restored and measured in full
+    model.load_state_dict(best_state, strict=False)
+    save_adapter(model, out / "adapter", tokenizer)
+    autocast = accelerator.autocast
+    val_logits = compute_logits(model, val_ids, cfg.train.eval_batch_size, pad_id, autocast)
+    result = {
+        "recipe": cfg.recipe,
+        "best_step": best_step,
+        "steps": step,
+        "total_steps": total_steps,
+        "stopped_early": stopped_early,
+        "metric": metric,
+        "best_value": best_value,
+        "trainable_params": breakdown.trainable,
+        "train_rows": len(train_ids),
+        "val_rows": len(val_ids),
+        "train_seconds": train_seconds,
+        "train_samples_per_s": samples_seen / max(train_seconds, 1e-9),
+        "wall_seconds": time.time() - t_start,
+        "device": str(accelerator.device),
+        "val": full_metrics(val_logits, y_val, label_names, seed=cfg.train.seed),
+    }
+    if test is not None:
+        test_table, y_test = test
+        test_ids = tokenize(test_table.texts, tokenizer, cfg.model.max_length)
+        test_logits = compute_logits(model, test_ids, cfg.train.eval_batch_size, pad_id, autocast)
+        result["test"] = full_metrics(test_logits, y_test, label_names, seed=cfg.train.seed)
+    _write_json(out / "metrics.json", result)
+    log(f"best {metric} {best_value:.4f} at step {best_step}; val accuracy {result['val']['accuracy']:.4f}"
+        + (f", test accuracy {result['test']['accuracy']:.4f}" if "test" in result else "")
+        + f"; run saved in {out}")
+    return result
+
+
+def _save_checkpoint(out: Path, state: dict) -> None:
+    path = out / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """Drop evaluations logged after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

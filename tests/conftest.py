@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny random encoders with the real roberta-base tokenizer, a synthetic task.
+
+Everything is offline: the hub is switched off before any Hugging Face library is imported.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("BUDGETLORA_CACHE", tempfile.mkdtemp(prefix="budgetlora-test-cache-"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROBERTA_BASE = FIXTURES / "roberta-base-tokenizer"  # real config + tokenizer, no weights
+
+TOPICS = {
+    "sports": ["football", "goal", "team", "match", "coach", "league"],
+    "money": ["stock", "market", "bank", "profit", "shares", "investors"],
+    "tech": ["software", "chip", "computer", "internet", "phone", "users"],
+    "world": ["president", "war", "election", "minister", "border", "troops"],
+}
+FILLER = "the a of in on today said new after over report week".split()
+
+# settings under which the tiny model learns the synthetic task in a few seconds
+TINY_TRAIN = [
+    "model.max_length=32",
+    "train.epochs=10",
+    "train.batch_size=16",
+    "train.lr=1e-2",
+    "train.eval_every=40",
+    "train.early_stopping_patience=",
+    "train.progress=false",
+    "data.val_size=0.2",
+    "adapter.r=4",
+]
+
+
+def synthetic_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Short texts whose topic words decide the label; a model that learns gets far above 25%."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    names = list(TOPICS)
+    for i in range(n):
+        label = names[i % len(names)]
+        words = list(rng.choice(FILLER, 3)) + list(rng.choice(TOPICS[label], 3))
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def pytest_configure(config):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    return ROBERTA_BASE
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random RoBERTa saved with the real roberta-base tokenizer."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    tokenizer = AutoTokenizer.from_pretrained(str(ROBERTA_BASE))
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, type_vocab_size=1,
+    )
+    torch.manual_seed(0)
+    RobertaForMaskedLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    synthetic_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_test_csv(tmp_path_factory) -> Path:
+    """Held-out rows with an id column, labels as names."""
+    frame = synthetic_frame(n=120, seed=1)
+    frame.insert(0, "id", [f"row-{i}" for i in range(len(frame))])
+    path = tmp_path_factory.mktemp("data") / "test.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def tiny_config(model_dir, train_csv, *extra):
+    from budgetlora.config import load_config
+
+    return load_config(None, [f"model.name={model_dir}", f"data.train={train_csv}", *TINY_TRAIN, *extra])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir, synthetic_csv, synthetic_test_csv):
+    """One finished run shared by the evaluate / predict / reload tests."""
+    from budgetlora.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, f"data.test={synthetic_test_csv}")
+    metrics = train(cfg, out, log=lambda message: None)
+    return out, metrics
+
+
+def run_cli(*args, cwd=None):
+    """Run `python -m budgetlora ARGS` in a fresh process; returns CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "budgetlora", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )

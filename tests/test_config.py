@@ -1,0 +1,82 @@
+import pytest
+import yaml
+
+from budgetlora.config import from_dict, load_config, recipe_names
+from budgetlora.errors import UserError
+
+PUBLISHED = ["r6-qkv-a6", "r6-qkv-a24", "r7-qkv-a77", "r2-qv-a4", "r4-qkv-a64-bias"]
+
+
+def test_bundled_recipes_include_the_published_ones_and_default():
+    names = recipe_names()
+    for name in PUBLISHED + ["default"]:
+        assert name in names
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("r6-qkv-a6", dict(r=6, alpha=6.0, lr=1e-5, max_steps=1600, batch_size=16, eval_every=100, metric="val_loss")),
+        ("r6-qkv-a24", dict(r=6, alpha=24.0, lr=2e-4, epochs=3, batch_size=16, warmup=0.1, patience=2, max_length=256)),
+        ("r7-qkv-a77", dict(r=7, alpha=77.0, dropout=0.01, lr=3e-5, weight_decay=0.1, scheduler="cosine", epochs=6, batch_size=64)),
+        ("r2-qv-a4", dict(r=2, alpha=4.0, lr=5e-6, scheduler="constant", epochs=1, batch_size=32, val_size=0.005, patience=3, metric="accuracy", max_length=512)),
+        ("r4-qkv-a64-bias", dict(r=4, alpha=64.0, bias="all", lr=2e-5, weight_decay=0.01, warmup=0.1, epochs=11, batch_size=64)),
+    ],
+)
+def test_published_recipes_carry_their_hyperparameters(name, expected):
+    cfg = load_config(name)
+    seen = dict(
+        r=cfg.adapter.r, alpha=cfg.adapter.alpha, dropout=cfg.adapter.dropout, bias=cfg.adapter.bias,
+        lr=cfg.train.lr, max_steps=cfg.train.max_steps, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+        eval_every=cfg.train.eval_every, metric=cfg.train.metric, warmup=cfg.train.warmup,
+        patience=cfg.train.early_stopping_patience, max_length=cfg.model.max_length,
+        weight_decay=cfg.train.weight_decay, scheduler=cfg.train.scheduler, val_size=cfg.data.val_size,
+    )
+    for key, value in expected.items():
+        assert seen[key] == pytest.approx(value), key
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.lr=1e-5", "train.max_steps=100", "adapter.targets=query,value",
+                             "data.val_size=500", "train.progress=false", "train.eval_every="])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_steps == 100
+    assert cfg.adapter.targets == ["query", "value"]
+    assert cfg.data.val_size == 500
+    assert cfg.train.progress is False
+    assert cfg.train.eval_every is None
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.lrr=1", ["train.lrr", "lr"]),
+        ("trian.lr=1", ["trian", "train"]),
+        ("train.lr=fast", ["train.lr", "number"]),
+        ("train.scheduler=step", ["train.scheduler", "linear", "cosine", "constant"]),
+        ("adapter.bias=some", ["adapter.bias", "lora_only"]),
+        ("adapter.r=0", ["adapter.r", ">= 1"]),
+        ("data.val_size=2.5", ["data.val_size"]),
+        ("train.lr", ["key=value"]),
+    ],
+)
+def test_wrong_keys_and_values_name_the_key_and_what_is_allowed(override, words):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_recipe_from_yaml_file_and_resolved_config_round_trips(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("adapter: {r: 3, targets: [query]}\ntrain: {lr: 1.0e-3}\n")
+    cfg = load_config(path)
+    assert cfg.recipe == "mine" and cfg.adapter.r == 3 and cfg.adapter.targets == ["query"]
+    again = from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_unknown_recipe_lists_the_bundled_ones():
+    with pytest.raises(UserError, match="r6-qkv-a24"):
+        load_config("nope")

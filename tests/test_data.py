@@ -1,0 +1,143 @@
+import gzip
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from budgetlora.config import DataConfig
+from budgetlora.data import (
+    AG_NEWS_LABELS, encode_labels, infer_label_names, read_table, split_train_val, tokenize, train_order,
+)
+from budgetlora.errors import UserError
+
+ROWS = pd.DataFrame({"text": ["Stocks fall", "Team wins", "New chip", "Talks fail"], "label": [2, 1, 3, 0]})
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "csv.gz"])
+def test_reads_every_tabular_format(tmp_path, fmt):
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        ROWS.to_csv(path, index=False)
+    elif fmt == "csv.gz":
+        ROWS.to_csv(path, index=False, compression="gzip")
+    elif fmt == "tsv":
+        ROWS.to_csv(path, sep="\t", index=False)
+    elif fmt == "jsonl":
+        ROWS.to_json(path, orient="records", lines=True)
+    else:
+        ROWS.to_parquet(path)
+    table = read_table(str(path), DataConfig())
+    assert table.texts == ROWS.text.tolist()
+    assert [int(v) for v in table.labels] == ROWS.label.tolist()
+
+
+def test_original_ag_news_csv_is_detected_and_joined(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('"3","Wall St. Bears","Short-sellers are back."\n"1","Talks","Leaders meet."\n', encoding="utf-8")
+    table = read_table(str(path), DataConfig())
+    assert table.texts == ["Wall St. Bears Short-sellers are back.", "Talks Leaders meet."]
+    assert list(table.labels) == [2, 0]
+    assert table.label_names == AG_NEWS_LABELS
+    assert encode_labels(table, infer_label_names(table, None)).tolist() == [2, 0]
+
+
+def test_pickle_needs_explicit_trust(tmp_path):
+    path = tmp_path / "data.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(ROWS, f)
+    with pytest.raises(UserError, match="--trust-pickle"):
+        read_table(str(path), DataConfig())
+    assert read_table(str(path), DataConfig(), trust_pickle=True).texts == ROWS.text.tolist()
+
+
+def test_configurable_columns_and_ids(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"ID": [7, 8], "body": ["a b", "c d"], "topic": ["x", "y"]}).to_csv(path, index=False)
+    table = read_table(str(path), DataConfig(text_column="body", label_column="topic"))
+    assert table.ids == [7, 8] and table.texts == ["a b", "c d"] and table.labels == ["x", "y"]
+
+
+def test_label_names_inferred_and_mapped():
+    from budgetlora.data import TextTable
+
+    named = TextTable(["a", "b", "c"], ["sports", "world", "sports"], None, None, "x")
+    names = infer_label_names(named, None)
+    assert names == ["sports", "world"]
+    assert encode_labels(named, names).tolist() == [0, 1, 0]
+    ints = TextTable(["a", "b"], [0, 3], None, None, "x")
+    assert infer_label_names(ints, None) == ["0", "1", "2", "3"]
+    # a run trained with names accepts both names and class ids, and nothing else
+    assert encode_labels(TextTable(["a", "b"], ["world", 0], None, None, "x"), names).tolist() == [1, 0]
+    with pytest.raises(UserError, match="unknown label 'politics'"):
+        encode_labels(TextTable(["a"], ["politics"], None, None, "x"), names)
+    with pytest.raises(UserError, match="unknown label 5"):
+        encode_labels(TextTable(["a"], [5], None, None, "x"), names)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p.with_suffix(".csv"), "does not exist"),
+        (lambda p: (p.with_suffix(".xyz").write_text("a,b\n1,2\n"), p.with_suffix(".xyz"))[1], "unknown file format"),
+        (lambda p: (pd.DataFrame({"body": ["x"], "label": [0]}).to_csv(p.with_suffix(".csv"), index=False), p.with_suffix(".csv"))[1], "text column 'text'"),
+        (lambda p: (pd.DataFrame({"text": ["x"], "y": [0]}).to_csv(p.with_suffix(".csv"), index=False), p.with_suffix(".csv"))[1], "label column 'label'"),
+        (lambda p: (pd.DataFrame({"text": ["x", " "], "label": [0, 1]}).to_csv(p.with_suffix(".csv"), index=False), p.with_suffix(".csv"))[1], "empty"),
+        (lambda p: (p.with_suffix(".csv").write_bytes(b"text,label\n\xff\xfe bad,0\n"), p.with_suffix(".csv"))[1], "not UTF-8"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path, setup, message):
+    path = setup(tmp_path / "data")
+    with pytest.raises(UserError) as err:
+        read_table(str(path), DataConfig())
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_stratified_split_is_seeded_and_sized():
+    labels = np.repeat(np.arange(4), [400, 300, 200, 100])
+    train, val = split_train_val(labels, 0.1, seed=3)
+    assert len(val) == 100 and len(train) == 900 and not set(train) & set(val)
+    assert np.bincount(labels[val]).tolist() == [40, 30, 20, 10]
+    again_train, again_val = split_train_val(labels, 0.1, seed=3)
+    assert (again_val == val).all()
+    assert not (split_train_val(labels, 0.1, seed=4)[1] == val).all()
+    assert len(split_train_val(labels, 250, seed=3)[1]) == 250
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    assert (train_order(50, 1, 2) == train_order(50, 1, 2)).all()
+    assert not (train_order(50, 1, 2) == train_order(50, 1, 3)).all()
+
+
+class CountingTokenizer:
+    """Delegates to a real tokenizer and counts batch calls (the expensive ones)."""
+
+    def __init__(self, inner):
+        self.inner, self.batch_calls = inner, 0
+
+    def __call__(self, text, **kwargs):
+        if isinstance(text, list):
+            self.batch_calls += 1
+        return self.inner(text, **kwargs)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_tokenisation_is_cached_on_disk(tokenizer_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("BUDGETLORA_CACHE", str(tmp_path))
+    tok = CountingTokenizer(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    texts = ["Wall St. Bears Claw Back Into the Black (Reuters)", "second text"] * 3
+    first = tokenize(texts, tok, max_length=8)
+    assert tok.batch_calls == 1
+    assert first[0].tolist() == [0, 28216, 312, 4, 6033, 44121, 3727, 2]  # truncated to 8, ends with </s>
+    second = tokenize(texts, tok, max_length=8)
+    assert tok.batch_calls == 1  # read back, not re-tokenised
+    assert all((a == b).all() for a, b in zip(first, second))
+    tokenize(texts, tok, max_length=16)  # another setting is another cache entry
+    assert tok.batch_calls == 2

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Build the small, offline AG News sample used by the quickstart.
+
+Reads the shared AG News training CSV (header ``text,label``) and writes two
+disjoint, stratified, seeded samples:
+
+    budgetlora/assets/quickstart/train.csv.gz
+    budgetlora/assets/quickstart/eval.csv.gz
+
+Rows are made disjoint both by row and by text: duplicate texts are dropped
+before splitting, so no text can appear in both files.
+
+Usage (from the repository root):
+    python tools/make_quickstart_sample.py [SOURCE_CSV] [--n-train N] [--n-eval N] [--seed S]
+"""
+import argparse
+import gzip
+import io
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = REPO_ROOT / ".." / "shared" / "data" / "ag_news" / "train.csv.gz"
+DEFAULT_OUT = REPO_ROOT / "budgetlora" / "assets" / "quickstart"
+
+
+def write_csv_gz(df: pd.DataFrame, path: Path) -> None:
+    """Write a gzip CSV with a fixed mtime so reruns give byte-identical files."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    with open(path, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+            gz.write(buf.getvalue().encode("utf-8"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", nargs="?", default=str(DEFAULT_SOURCE),
+                    help="AG News CSV(.gz) with header text,label (default: %(default)s)")
+    ap.add_argument("--out-dir", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    ap.add_argument("--n-train", type=int, default=3200, help="training rows (default: %(default)s)")
+    ap.add_argument("--n-eval", type=int, default=1000, help="evaluation rows (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    args = ap.parse_args()
+
+    df = pd.read_csv(args.source)
+    if list(df.columns) != ["text", "label"]:
+        raise SystemExit(f"expected header text,label, got {list(df.columns)}")
+    df = df.dropna(subset=["text", "label"])
+    df["text"] = df["text"].astype(str)
+    df["label"] = df["label"].astype(int)
+    # Disjoint by text: keep only the first copy of each text before splitting.
+    df = df.drop_duplicates(subset="text", keep="first").reset_index(drop=True)
+    if args.n_train + args.n_eval > len(df):
+        raise SystemExit(f"asked for {args.n_train + args.n_eval} rows, only {len(df)} unique texts")
+
+    train, evaluation = train_test_split(
+        df, train_size=args.n_train, test_size=args.n_eval,
+        stratify=df["label"], random_state=args.seed, shuffle=True,
+    )
+    assert not set(train.index) & set(evaluation.index)
+    assert not set(train["text"]) & set(evaluation["text"])
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("eval", evaluation)):
+        path = out / f"{name}.csv.gz"
+        write_csv_gz(part[["text", "label"]].reset_index(drop=True), path)
+        counts = part["label"].value_counts().sort_index().to_dict()
+        print(f"wrote {path} rows={len(part)} labels={counts} bytes={path.stat().st_size}")
+
+
+if __name__ == "__main__":
+    main()
