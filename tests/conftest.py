@@ -73,8 +73,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-roberta")
     tokenizer = AutoTokenizer.from_pretrained(str(ROBERTA_BASE))
     config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
         eos_token_id=2, type_vocab_size=1,
     )
     torch.manual_seed(0)
