@@ -97,10 +97,18 @@ def full_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[str],
     return result
 
 
+def table_logits(model, tokenizer, cfg, table) -> np.ndarray:
+    """Logits for every row of a TextTable, with the run's tokenisation settings."""
+    from .data import tokenize
+
+    ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
+    return compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
+
+
 def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = ()) -> dict:
     """Load a finished run and compute full metrics on a labelled file (or hub split)."""
     from .config import apply_override, from_dict
-    from .data import encode_labels, read_table, tokenize
+    from .data import encode_labels, read_table
     from .model import load_run
 
     model, tokenizer, cfg, label_names = load_run(run_dir)
@@ -111,8 +119,6 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
         cfg = from_dict(values)
     table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
     labels = encode_labels(table, label_names)
-    ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
-    logits = compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
-    result = full_metrics(logits, labels, label_names, seed=cfg.train.seed)
+    result = full_metrics(table_logits(model, tokenizer, cfg, table), labels, label_names, seed=cfg.train.seed)
     result["data"] = str(data)
     return result

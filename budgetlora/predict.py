@@ -12,15 +12,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .evaluate import compute_logits, pad_id_of, softmax
+from .evaluate import softmax, table_logits
 
 
-def predict_table(model, tokenizer, cfg, label_names, table) -> pd.DataFrame:
-    """ID, Label, LabelName and one prob_<name> column per class, in the file's row order."""
-    from .data import tokenize
-
-    ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
-    logits = compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
+def prediction_frame(table, logits: np.ndarray, label_names: list[str]) -> pd.DataFrame:
+    """ID, Label, LabelName and one prob_<name> column per class, in the table's row order."""
     probs = softmax(logits)
     pred = probs.argmax(axis=1)
     frame = pd.DataFrame(
@@ -33,6 +29,19 @@ def predict_table(model, tokenizer, cfg, label_names, table) -> pd.DataFrame:
     for k, name in enumerate(label_names):
         frame[f"prob_{name}"] = probs[:, k]
     return frame
+
+
+def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, label_names_column: bool) -> pd.DataFrame:
+    """Write the chosen columns atomically (a half-written file never replaces a good one)."""
+    columns = ["ID", "Label"]
+    if label_names_column:
+        columns.append("LabelName")
+    if probabilities:
+        columns += [c for c in frame.columns if c.startswith("prob_")]
+    tmp = out.with_name(out.name + ".tmp")
+    frame[columns].to_csv(tmp, index=False)
+    tmp.replace(out)
+    return frame[columns]
 
 
 def predict_file(
@@ -56,13 +65,5 @@ def predict_file(
         raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
     model, tokenizer, cfg, label_names = load_run(run_dir)
     table = read_table(data, cfg.data, split="test", need_labels=False, trust_pickle=trust_pickle)
-    frame = predict_table(model, tokenizer, cfg, label_names, table)
-    columns = ["ID", "Label"]
-    if label_names_column:
-        columns.append("LabelName")
-    if probabilities:
-        columns += [f"prob_{name}" for name in label_names]
-    tmp = out.with_name(out.name + ".tmp")
-    frame[columns].to_csv(tmp, index=False)
-    tmp.replace(out)
-    return frame[columns]
+    frame = prediction_frame(table, table_logits(model, tokenizer, cfg, table), label_names)
+    return write_predictions(frame, out, probabilities=probabilities, label_names_column=label_names_column)

@@ -14,8 +14,11 @@ from importlib import resources
 from pathlib import Path
 
 from .config import load_config
+from .data import encode_labels, read_table
 from .errors import UserError
-from .predict import predict_file
+from .evaluate import full_metrics, table_logits
+from .model import load_run
+from .predict import prediction_frame, write_predictions
 from .train import train
 
 
@@ -37,37 +40,45 @@ def minilm_path() -> str:
 
 
 def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = False, log=print) -> dict:
-    """Train, evaluate and predict with the bundled sample; returns the run's final metrics."""
+    """Train, evaluate and predict with the bundled sample; returns a summary (also summary.json)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     train_file, eval_file = sample_files()
-    cfg = load_config(
-        "minilm-quickstart",
-        [f"model.name={minilm_path()}", f"data.train={train_file}", f"data.test={eval_file}"],
-    )
+    cfg = load_config("minilm-quickstart", [f"model.name={minilm_path()}", f"data.train={train_file}"])
     started = time.time()
     log(f"quickstart: MiniLM-L6 + LoRA on {train_file.name} (AG News sample), evaluating on {eval_file.name}")
-    metrics = train(cfg, out / "run", overwrite=overwrite, log=log)
+    train(cfg, out / "run", overwrite=overwrite, log=log)
+
+    # evaluate and predict the held-out sample from one pass of the trained model
+    model, tokenizer, cfg, label_names = load_run(out / "run")
+    table = read_table(str(eval_file), cfg.data, split="test")
+    logits = table_logits(model, tokenizer, cfg, table)
+    metrics = full_metrics(logits, encode_labels(table, label_names), label_names, seed=cfg.train.seed)
+    metrics["data"] = str(eval_file)
+    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     predictions = out / "predictions.csv"
-    predict_file(out / "run", str(eval_file), predictions, label_names_column=True, overwrite=True)
+    write_predictions(prediction_frame(table, logits, label_names), predictions,
+                      probabilities=False, label_names_column=True)
+
     summary = {
-        "eval_accuracy": metrics["test"]["accuracy"],
-        "eval_accuracy_ci95": metrics["test"]["accuracy_ci95"],
-        "eval_macro_f1": metrics["test"]["macro_f1"],
-        "trainable_params": metrics["trainable_params"],
+        "eval_accuracy": metrics["accuracy"],
+        "eval_accuracy_ci95": metrics["accuracy_ci95"],
+        "eval_macro_f1": metrics["macro_f1"],
+        "eval_rows": metrics["n"],
         "wall_seconds": time.time() - started,
         "run_dir": str(out / "run"),
+        "eval_metrics": str(out / "eval_metrics.json"),
         "predictions": str(predictions),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     low, high = summary["eval_accuracy_ci95"]
     log(
         f"\nquickstart done in {summary['wall_seconds']:.0f} s: accuracy {summary['eval_accuracy']:.4f} "
-        f"(95% CI {low:.4f}-{high:.4f}), macro-F1 {summary['eval_macro_f1']:.4f} on {metrics['test']['n']} held-out rows\n"
+        f"(95% CI {low:.4f}-{high:.4f}), macro-F1 {summary['eval_macro_f1']:.4f} on {metrics['n']} held-out rows\n"
         f"  run (config, metrics, PEFT adapter): {out / 'run'}\n"
+        f"  held-out metrics:                    {out / 'eval_metrics.json'}\n"
         f"  predictions (ID,Label,LabelName):    {predictions}\n"
-        f"  summary:                             {out / 'summary.json'}\n"
         f"next: budgetlora evaluate {out / 'run'} --data FILE   |   budgetlora predict {out / 'run'} --data FILE --out preds.csv"
     )
-    return metrics
+    return summary

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("source", nargs="?", default=str(DEFAULT_SOURCE),
                     help="AG News CSV(.gz) with header text,label (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
-    ap.add_argument("--n-train", type=int, default=3200, help="training rows (default: %(default)s)")
+    ap.add_argument("--n-train", type=int, default=3400, help="training rows (default: %(default)s)")
     ap.add_argument("--n-eval", type=int, default=1000, help="evaluation rows (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = ap.parse_args()
