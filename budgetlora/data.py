@@ -150,8 +150,10 @@ def _read_hub(source: str, split: str) -> tuple[pd.DataFrame, list[str] | None, 
 
 
 def is_local(source: str) -> bool:
+    """A path that exists or looks like a data file; anything else ("ag_news", "user/name:split") is a hub id."""
     path = Path(source)
-    return path.exists() or bool(set(s.lower() for s in path.suffixes) & (set(_EXTENSIONS) | {".gz"})) or os.sep in source
+    suffixes = {s.lower() for s in path.suffixes}
+    return path.exists() or bool(suffixes & (set(_EXTENSIONS) | {".gz"}))
 
 
 def read_table(

@@ -141,3 +141,30 @@ def test_tokenisation_is_cached_on_disk(tokenizer_dir, tmp_path, monkeypatch):
     assert all((a == b).all() for a, b in zip(first, second))
     tokenize(texts, tok, max_length=16)  # another setting is another cache entry
     assert tok.batch_calls == 2
+
+
+def test_hub_datasets_load_the_usual_way_with_their_label_names(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        features = datasets.Features({"text": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=AG_NEWS_LABELS)})
+        return datasets.Dataset.from_dict({"text": ["Stocks fall", "Team wins"], "label": [2, 1]}, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    table = read_table("ag_news", DataConfig())
+    assert calls == [("ag_news", "train")]
+    assert table.label_names == AG_NEWS_LABELS and table.texts == ["Stocks fall", "Team wins"]
+    read_table("fancyzhx/ag_news:test", DataConfig(), split="train")
+    assert calls[-1] == ("fancyzhx/ag_news", "test")
+
+
+def test_unreachable_hub_is_a_one_line_error():
+    # conftest switches the hub off, as it is on a machine without network
+    with pytest.raises(UserError) as err:
+        read_table("ag_news", DataConfig())
+    assert "cannot load dataset 'ag_news'" in str(err.value) and "local file" in str(err.value)
+    assert "\n" not in str(err.value)
