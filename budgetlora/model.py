@@ -136,7 +136,7 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
         if not chosen:
             raise UserError(
                 f"adapter.targets={targets} matches no module of this {model.config.model_type} model; "
-                "give module names instead (see `budgetlora params --json`)"
+                f"give module names instead, such as {', '.join(_layer_module_types(linears))}"
             )
         return sorted(chosen, key=_natural)
     all_linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -144,13 +144,17 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
     for target in targets:
         hits = [n for n in all_linear if n == target or n.endswith("." + target)]
         if not hits:
-            examples = sorted({module_type(n) for n in linears}, key=_natural)
+            examples = _layer_module_types(linears)
             raise UserError(
                 f"adapter target {target!r} matches no Linear module of this {model.config.model_type} model; "
                 f"choose from roles {', '.join(ROLES)} or names like {', '.join(examples)}"
             )
         chosen.update(hits)
     return sorted(chosen, key=_natural)
+
+
+def _layer_module_types(linears: dict[str, str]) -> list[str]:
+    return sorted({module_type(n) for n in linears}, key=_natural)
 
 
 def _natural(name: str):
