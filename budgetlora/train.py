@@ -134,8 +134,10 @@ def train(
 
     # ---- run directory
     if not resume:
-        if out.exists():
+        if out.is_dir():
             shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
         (out / "checkpoint").mkdir(parents=True)
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         _write_json(out / "labels.json", label_names)
@@ -152,7 +154,7 @@ def train(
     metric = cfg.train.metric
     metric_key = {"val_loss": "loss", "accuracy": "accuracy", "macro_f1": "macro_f1"}[metric]
 
-    step, best_value, best_step, bad_evals, best_state = 0, None, None, 0, None
+    step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
     train_seconds, samples_seen = 0.0, 0
     if resume:
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -161,6 +163,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         step, best_value, best_step, bad_evals = state["step"], state["best_value"], state["best_step"], state["bad_evals"]
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
+        stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         _truncate_history(out / "metrics.jsonl", step)
         log(f"resumed {out} at step {step}/{total_steps}")
 
@@ -170,9 +173,8 @@ def train(
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
     loss_fn = torch.nn.CrossEntropyLoss()
     running_loss, running_n = 0.0, 0
-    stopped_early = False
     model.train()
-    while step < total_steps:
+    while step < total_steps and not stopped_early:
         epoch, position = divmod(step, steps_per_epoch)
         order = train_order(len(train_ids), cfg.train.seed, epoch)
         rows = order[position * cfg.train.batch_size : (position + 1) * cfg.train.batch_size]

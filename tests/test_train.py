@@ -71,6 +71,9 @@ def test_early_stopping_keeps_and_restores_the_best(tiny_model_dir, synthetic_cs
     assert history[-3]["step"] == metrics["best_step"]  # best, then two evaluations without progress
     best = max(history, key=lambda r: r["val_accuracy"])
     assert metrics["val"]["accuracy"] == pytest.approx(best["val_accuracy"])  # restored, not the last
+    again = train(None, tmp_path / "run", resume=True, **quiet)  # a stopped run stays stopped
+    assert again["steps"] == metrics["steps"] and again["val"]["accuracy"] == metrics["val"]["accuracy"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == len(history)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch):
