@@ -155,7 +155,7 @@ def train(
     metric_key = {"val_loss": "loss", "accuracy": "accuracy", "macro_f1": "macro_f1"}[metric]
 
     step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
-    train_seconds, samples_seen = 0.0, 0
+    train_seconds, samples_seen, tokens_seen = 0.0, 0, 0
     if resume:
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
         model.load_state_dict(state["trainable"], strict=False)
@@ -163,6 +163,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         step, best_value, best_step, bad_evals = state["step"], state["best_value"], state["best_step"], state["bad_evals"]
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
+        tokens_seen = state["tokens_seen"]
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         _truncate_history(out / "metrics.jsonl", step)
         log(f"resumed {out} at step {step}/{total_steps}")
@@ -194,6 +195,7 @@ def train(
         loss_value = loss.item()
         train_seconds += time.perf_counter() - t0
         samples_seen += len(rows)
+        tokens_seen += int(batch.attention_mask.sum())
         step += 1
         running_loss += loss_value
         running_n += 1
@@ -236,7 +238,7 @@ def train(
                 "step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
                 "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
-                "samples_seen": samples_seen, "stopped_early": stopped_early,
+                "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
             })
             if stopped_early:
                 log(f"early stopping at step {step}: no {metric} improvement in {patience} evaluations")
@@ -261,6 +263,7 @@ def train(
         "val_rows": len(val_ids),
         "train_seconds": train_seconds,
         "train_samples_per_s": samples_seen / max(train_seconds, 1e-9),
+        "train_tokens_per_s": tokens_seen / max(train_seconds, 1e-9),
         "wall_seconds": time.time() - t_start,
         "device": str(accelerator.device),
         "val": full_metrics(val_logits, y_val, label_names, seed=cfg.train.seed),
