@@ -186,6 +186,48 @@ def default_peak_tflops() -> tuple[float | None, str]:
                   f"({'AVX-512' if per_cycle == 64 else 'AVX2'}: 2 FMA pipes) = {peak:.4f} TFLOP/s (estimate)")
 
 
+def _cpu_counters() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the whole machine, steal seconds, this process's CPU seconds)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq = fields[:7]
+    steal = fields[7] if len(fields) > 7 else 0
+    t = os.times()
+    return (user + nice + system + irq + softirq) / hz, steal / hz, t.user + t.system
+
+
+class LoadMeter:
+    """How busy the machine was with *other* processes while a pipeline ran (CPU cores used on
+    average by everything but this process; plus hypervisor steal): a noise indicator."""
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), _cpu_counters()
+        return self
+
+    def __exit__(self, *exc):
+        c1, dt = _cpu_counters(), time.perf_counter() - self.t0
+        self.other_cores = self.steal_cores = None
+        if self.c0 and c1 and dt > 0:
+            self.other_cores = max(0.0, ((c1[0] - self.c0[0]) - (c1[2] - self.c0[2])) / dt)
+            self.steal_cores = (c1[1] - self.c0[1]) / dt
+        return False
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.25, window: float = 3.0) -> float:
+    """Sleep until other processes use < `threshold` cores over a `window`, at most `max_wait` s."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait:
+        with LoadMeter() as load:
+            time.sleep(window)
+        if load.other_cores is None or load.other_cores < threshold:
+            break
+        log(f"waiting for the CPU: other processes use {load.other_cores:.2f} cores")
+    return time.perf_counter() - t0
+
+
 class MemoryMeter:
     """Peak memory of one pipeline. CUDA: max_memory_allocated; CPU: RSS growth, sampled."""
 
@@ -694,7 +736,7 @@ def summarise(runs: list[dict], peak_flops: float | None, flops_per_token: float
                "precision": rs[0]["precision"], "steps": rs[0]["steps"], "samples": rs[0]["samples"]}
         for key in ("loop_samples_per_s", "step_samples_per_s", "loop_tokens_per_s", "mfu", "peak_mem_train_mib",
                     "peak_mem_pipeline_mib", "loop_seconds", "wall_seconds", "val_accuracy", "infer_samples_per_s",
-                    "overhead_ms_per_step", "tokens_per_sample"):
+                    "overhead_ms_per_step", "tokens_per_sample", "other_load_cores"):
             row[key] = mean(r.get(key) for r in rs)
         summary[name] = row
     for ref in ("trainer-tuned", "trainer-published"):
@@ -723,7 +765,7 @@ def fmt(v, spec="{:.1f}"):
 
 def print_table(summary: dict, device: str, mem_kind: str) -> str:
     head = ["pipeline", "batch", "prec", "steps", "samples", "loop smp/s", "step smp/s", "tok/s", "MFU",
-            "peak mem MiB", "loop s", "wall s", "val acc", "x tuned", "x published", "infer smp/s", "infer x tuned"]
+            "peak mem MiB", "loop s", "wall s", "val acc", "x tuned", "x published", "infer smp/s", "infer x tuned", "other load"]
     rows = []
     for s in summary.values():
         rows.append([s["pipeline"], str(s["batch_size"]), s["precision"], str(s["steps"]), str(s["samples"]),
@@ -732,12 +774,14 @@ def print_table(summary: dict, device: str, mem_kind: str) -> str:
                      fmt(s["loop_seconds"]), fmt(s["wall_seconds"]), fmt(s["val_accuracy"], "{:.4f}"),
                      fmt(s.get("loop_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
                      fmt(s.get("loop_samples_per_s_x_trainer-published"), "{:.2f}x"),
-                     fmt(s["infer_samples_per_s"]), fmt(s.get("infer_samples_per_s_x_trainer-tuned"), "{:.2f}x")])
+                     fmt(s["infer_samples_per_s"]), fmt(s.get("infer_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
+                     fmt(s["other_load_cores"], "{:.2f}")])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines)
     text += (f"\n\ndevice: {device}; peak memory: {mem_kind}; ratios are loop samples/s (infer: inference samples/s); "
-             "loop = whole training loop, step = inside optimizer steps only")
+             "loop = whole training loop, step = inside optimizer steps only; "
+             "other load = CPU cores busy with other processes during the pipeline (noise indicator)")
     return text
 
 
@@ -768,6 +812,8 @@ def main(argv=None) -> int:
     p.add_argument("--warm-token-cache", action="store_true",
                    help="let budgetlora reuse its on-disk token cache (default: a fresh cache, so it tokenises like the others)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up passes before the first pipeline")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="before each pipeline wait (at most this long) until other processes leave the CPU idle")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.max_steps is None and args.epochs is None:
@@ -833,13 +879,16 @@ def main(argv=None) -> int:
                 log(f"{spec.name}: batch {spec.batch_size}, {spec.precision}, {steps} steps, "
                     f"{'pad to max_length' if spec.pad_to_max else 'dynamic padding'}"
                     f"{', length-grouped' if spec.group_by_length else ''}, LoRA dropout {spec.dropout}")
-                with MemoryMeter() as meter:
+                if args.wait_idle:
+                    wait_until_idle(args.wait_idle)
+                with MemoryMeter() as meter, LoadMeter() as load:
                     runner = run_trainer if spec.kind == "trainer" else run_budgetlora
                     r = runner(spec, args, model_path, split, seed, workdir, meter)
                 mem_kind = meter.kind
                 r.update(pipeline=spec.name, seed=seed, batch_size=spec.batch_size, precision=spec.precision,
                          pad_to_max=spec.pad_to_max, group_by_length=spec.group_by_length, lora_dropout=spec.dropout,
-                         peak_mem_train_mib=meter.marks.get("train"), peak_mem_pipeline_mib=meter.marks.get("pipeline"))
+                         peak_mem_train_mib=meter.marks.get("train"), peak_mem_pipeline_mib=meter.marks.get("pipeline"),
+                         other_load_cores=load.other_cores, steal_cores=load.steal_cores)
                 if "encoder_nonembedding_params" in r:
                     n_enc = r["encoder_nonembedding_params"]
                 if n_enc is None:  # a budgetlora-only run: count from the config, cheaply
@@ -852,7 +901,8 @@ def main(argv=None) -> int:
                 runs.append(r)
                 log(f"{spec.name}: loop {fmt(r['loop_samples_per_s'])} samples/s, step {fmt(r['step_samples_per_s'])}, "
                     f"{fmt(r['loop_tokens_per_s'], '{:.0f}')} tokens/s, val acc {r['val_accuracy']:.4f}, "
-                    f"wall {r['wall_seconds']:.1f}s, infer {r['infer_samples_per_s']:.1f} samples/s")
+                    f"wall {r['wall_seconds']:.1f}s, infer {r['infer_samples_per_s']:.1f} samples/s, "
+                    f"other processes {fmt(load.other_cores, '{:.2f}')} cores")
                 release_memory()
     finally:
         if not args.keep and not args.workdir:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import budget
 from .config import Config, load_config
@@ -47,7 +48,9 @@ def _accelerator(precision: str):
 
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    # cpu=True on a machine without CUDA lets several launched processes train data-parallel
+    # over gloo (Accelerate only picks MULTI_CPU when told it is on the CPU)
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
 
 
 def _scheduler(cfg: Config, optimizer, total_steps: int):
@@ -100,6 +103,11 @@ def train(
     if resume:
         cfg = load_config(out / "config.yaml")
     t_start = time.time()
+    accelerator = _accelerator(cfg.train.precision)
+    accelerator.wait_for_everyone()  # every process has checked `out` before any writes to it
+    main_process = accelerator.is_main_process
+    if not main_process:
+        log = _silent
 
     # ---- data: read, label, split
     table = read_table(cfg.data.train, cfg.data, split="train", trust_pickle=trust_pickle)
@@ -127,13 +135,14 @@ def train(
     # ---- tokenise once (cached on disk)
     pad_id = pad_id_of(tokenizer)
     texts = table.texts
-    ids_all = tokenize(texts, tokenizer, cfg.model.max_length)
+    with accelerator.main_process_first():  # one process fills the cache, the others read it
+        ids_all = tokenize(texts, tokenizer, cfg.model.max_length)
     train_ids = [ids_all[i] for i in train_idx]
     val_ids = [ids_all[i] for i in val_idx]
     y_train, y_val = labels[train_idx], labels[val_idx]
 
-    # ---- run directory
-    if not resume:
+    # ---- run directory (written by the main process only)
+    if not resume and main_process:
         if out.is_dir():
             shutil.rmtree(out)
         elif out.exists():
@@ -142,9 +151,9 @@ def train(
         (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         _write_json(out / "labels.json", label_names)
         _write_json(out / "budget.json", breakdown.to_dict())
+    accelerator.wait_for_everyone()
 
-    # ---- optimisation
-    accelerator = _accelerator(cfg.train.precision)
+    # ---- optimisation (data-parallel over processes when launched with `accelerate launch`)
     model.to(accelerator.device)
     optimizer = _optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(train_ids) / cfg.train.batch_size)
@@ -165,37 +174,48 @@ def train(
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
         tokens_seen = state["tokens_seen"]
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
-        _truncate_history(out / "metrics.jsonl", step)
+        if main_process:
+            _truncate_history(out / "metrics.jsonl", step)
         log(f"resumed {out} at step {step}/{total_steps}")
+    # the scheduler is stepped by hand, once per optimiser step, so it is not prepared
+    parallel_model, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:
+        log(f"data-parallel over {world} processes: each takes 1/{world} of every batch of {cfg.train.batch_size}")
 
     from tqdm.auto import tqdm
 
-    show_bar = cfg.train.progress and sys.stderr.isatty()
+    show_bar = main_process and cfg.train.progress and sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
     running_loss, running_n = 0.0, 0
-    model.train()
+    parallel_model.train()
     while step < total_steps and not stopped_early:
         epoch, position = divmod(step, steps_per_epoch)
         order = train_order(len(train_ids), cfg.train.seed, epoch)
         rows = order[position * cfg.train.batch_size : (position + 1) * cfg.train.batch_size]
-        batch = collate(train_ids, rows, pad_id, y_train)
+        mine = np.array_split(rows, world)[rank]
+        # summed loss x processes / global batch: after DDP averages the processes' gradients,
+        # the step is the mean over the global batch, exactly as in one process
+        weight = world / len(rows)
+        if len(mine) == 0:  # a last batch smaller than the number of processes
+            mine, weight = rows[:1], 0.0
+        batch = collate(train_ids, mine, pad_id, y_train)
         torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout masks: a function of the step
 
         t0 = time.perf_counter()
         with accelerator.autocast():
-            logits = model(**batch.model_inputs(accelerator.device)).logits
-        loss = loss_fn(logits.float(), batch.labels.to(accelerator.device))
+            logits = parallel_model(**batch.model_inputs(accelerator.device)).logits
+        loss = F.cross_entropy(logits.float(), batch.labels.to(accelerator.device), reduction="sum") * weight
         accelerator.backward(loss)
         if cfg.train.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            accelerator.clip_grad_norm_(parallel_model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
         train_seconds += time.perf_counter() - t0
         samples_seen += len(rows)
-        tokens_seen += int(batch.attention_mask.sum())
+        tokens_seen += sum(len(train_ids[i]) for i in rows)
         step += 1
         running_loss += loss_value
         running_n += 1
@@ -204,9 +224,7 @@ def train(
                         samples_s=f"{samples_seen / max(train_seconds, 1e-9):.1f}")
 
         if step % eval_every == 0 or step == total_steps:
-            val = quick_metrics(
-                compute_logits(model, val_ids, cfg.train.eval_batch_size, pad_id, accelerator.autocast), y_val
-            )
+            val = quick_metrics(_logits(model, val_ids, cfg, pad_id, accelerator), y_val)
             record = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
@@ -219,37 +237,40 @@ def train(
                 "elapsed_s": time.time() - t_start,
             }
             running_loss, running_n = 0.0, 0
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
             value = val[metric_key]
-            if _better(metric, value, best_value):
+            improved = _better(metric, value, best_value)
+            if improved:
                 best_value, best_step, bad_evals = value, step, 0
                 best_state = {k: v.cpu() for k, v in trainable_state(model).items()}
-                save_adapter(model, out / "adapter")
             else:
                 bad_evals += 1
+            patience = cfg.train.early_stopping_patience
+            stopped_early = bool(patience) and bad_evals >= patience and step < total_steps
+            if main_process:
+                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                if improved:
+                    save_adapter(model, out / "adapter")
+                _save_checkpoint(out, {
+                    "step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
+                    "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
+                    "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
+                })
             message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
                        f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "
                        f"{record['samples_per_s']:.1f} samples/s" + (" *" if best_step == step else ""))
             bar.write(message) if show_bar else log(message)
-            patience = cfg.train.early_stopping_patience
-            stopped_early = bool(patience) and bad_evals >= patience and step < total_steps
-            _save_checkpoint(out, {
-                "step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
-                "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
-                "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
-            })
             if stopped_early:
                 log(f"early stopping at step {step}: no {metric} improvement in {patience} evaluations")
-                break
     bar.close()
+    accelerator.wait_for_everyone()
 
     # ---- the best checkpoint, restored and measured in full
     model.load_state_dict(best_state, strict=False)
-    save_adapter(model, out / "adapter", tokenizer)
-    autocast = accelerator.autocast
-    val_logits = compute_logits(model, val_ids, cfg.train.eval_batch_size, pad_id, autocast)
+    if main_process:
+        save_adapter(model, out / "adapter", tokenizer)
+    val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
     result = {
         "recipe": cfg.recipe,
         "best_step": best_step,
@@ -266,18 +287,44 @@ def train(
         "train_tokens_per_s": tokens_seen / max(train_seconds, 1e-9),
         "wall_seconds": time.time() - t_start,
         "device": str(accelerator.device),
+        "processes": world,
         "val": full_metrics(val_logits, y_val, label_names, seed=cfg.train.seed),
     }
     if test is not None:
         test_table, y_test = test
         test_ids = tokenize(test_table.texts, tokenizer, cfg.model.max_length)
-        test_logits = compute_logits(model, test_ids, cfg.train.eval_batch_size, pad_id, autocast)
-        result["test"] = full_metrics(test_logits, y_test, label_names, seed=cfg.train.seed)
-    _write_json(out / "metrics.json", result)
+        result["test"] = full_metrics(_logits(model, test_ids, cfg, pad_id, accelerator), y_test, label_names,
+                                      seed=cfg.train.seed)
+    if main_process:
+        _write_json(out / "metrics.json", result)
     log(f"best {metric} {best_value:.4f} at step {best_step}; val accuracy {result['val']['accuracy']:.4f}"
         + (f", test accuracy {result['test']['accuracy']:.4f}" if "test" in result else "")
         + f"; run saved in {out}")
     return result
+
+
+def _logits(model, token_ids, cfg: Config, pad_id: int, accelerator) -> np.ndarray:
+    """Logits for all rows; with several processes each computes a share and all get the whole."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return compute_logits(model, token_ids, cfg.train.eval_batch_size, pad_id, accelerator.autocast)
+    from accelerate.utils import gather_object
+
+    share = np.arange(len(token_ids))[rank::world]
+    logits = compute_logits(model, [token_ids[i] for i in share], cfg.train.eval_batch_size, pad_id,
+                            accelerator.autocast)
+    out = None
+    for rows, part in gather_object([(share, logits)]):
+        if len(rows) == 0:
+            continue
+        if out is None:
+            out = np.empty((len(token_ids), part.shape[1]), dtype=np.float32)
+        out[rows] = part
+    return out
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _save_checkpoint(out: Path, state: dict) -> None:
