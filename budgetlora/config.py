@@ -72,6 +72,7 @@ class TrainConfig:
     max_steps: int | None = field(default=None, metadata={"min": 1})  # overrides epochs
     batch_size: int = field(default=16, metadata={"min": 1})
     eval_batch_size: int = field(default=128, metadata={"min": 1})
+    group_by_length: bool = True  # batches of similar-length rows: little padding
     lr: float = field(default=2e-4, metadata={"min_exclusive": 0})
     weight_decay: float = field(default=0.0, metadata={"min": 0})
     scheduler: str = field(default="linear", metadata=_choice("linear", "cosine", "constant"))

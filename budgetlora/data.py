@@ -350,9 +350,26 @@ def collate(token_ids: list[np.ndarray], index: np.ndarray, pad_id: int, labels:
     return Batch(torch.from_numpy(ids), torch.from_numpy(mask), y, index)
 
 
-def train_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled row order of one epoch: a pure function of (seed, epoch), so resume can replay it."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def train_order(n: int, seed: int, epoch: int, lengths: np.ndarray | None = None, batch_size: int = 1,
+                group: int = 50) -> np.ndarray:
+    """The row order of one epoch: a pure function of its arguments, so resume can replay it.
+
+    With `lengths`, rows are grouped by length (as the Trainer's group_by_length does): the
+    shuffled rows are cut into mega-batches of `group` batches, each sorted by length, and the
+    batches are shuffled again. Batches then hold rows of similar length, so dynamic padding
+    pads little, while every epoch still sees a fresh random order.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if lengths is None or batch_size <= 1:
+        return order
+    mega = batch_size * group
+    for start in range(0, n, mega):
+        chunk = order[start : start + mega]
+        order[start : start + mega] = chunk[np.argsort(-lengths[chunk], kind="stable")]
+    full = n // batch_size
+    blocks = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([blocks.reshape(-1), order[full * batch_size :]])
 
 
 def eval_batches(token_ids: list[np.ndarray], batch_size: int, pad_id: int, labels: np.ndarray | None = None):

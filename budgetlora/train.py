@@ -69,7 +69,8 @@ def _optimizer(cfg: Config, model):
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
+    fused = next(model.parameters()).is_cuda  # one kernel for all parameters on a GPU
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, fused=fused or None)
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -140,6 +141,7 @@ def train(
     train_ids = [ids_all[i] for i in train_idx]
     val_ids = [ids_all[i] for i in val_idx]
     y_train, y_val = labels[train_idx], labels[val_idx]
+    lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length else None
 
     # ---- run directory (written by the main process only)
     if not resume and main_process:
@@ -187,11 +189,14 @@ def train(
 
     show_bar = main_process and cfg.train.progress and sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
-    running_loss, running_n = 0.0, 0
+    running_loss, running_n = torch.zeros((), device=accelerator.device), 0
+    phase_start = time.perf_counter()  # training time excludes evaluations and checkpoints
+    order, order_epoch = None, None
     parallel_model.train()
     while step < total_steps and not stopped_early:
         epoch, position = divmod(step, steps_per_epoch)
-        order = train_order(len(train_ids), cfg.train.seed, epoch)
+        if epoch != order_epoch:
+            order, order_epoch = train_order(len(train_ids), cfg.train.seed, epoch, lengths, cfg.train.batch_size), epoch
         rows = order[position * cfg.train.batch_size : (position + 1) * cfg.train.batch_size]
         mine = np.array_split(rows, world)[rank]
         # summed loss x processes / global batch: after DDP averages the processes' gradients,
@@ -202,7 +207,6 @@ def train(
         batch = collate(train_ids, mine, pad_id, y_train)
         torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout masks: a function of the step
 
-        t0 = time.perf_counter()
         with accelerator.autocast():
             logits = parallel_model(**batch.model_inputs(accelerator.device)).logits
         loss = F.cross_entropy(logits.float(), batch.labels.to(accelerator.device), reduction="sum") * weight
@@ -212,23 +216,25 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
-        train_seconds += time.perf_counter() - t0
+        running_loss = running_loss + loss.detach()  # stays on the device: no sync per step
+        running_n += 1
+        step += 1
         samples_seen += len(rows)
         tokens_seen += sum(len(train_ids[i]) for i in rows)
-        step += 1
-        running_loss += loss_value
-        running_n += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                        samples_s=f"{samples_seen / max(train_seconds, 1e-9):.1f}")
+        if show_bar and step % 10 == 0:
+            seconds = train_seconds + time.perf_counter() - phase_start
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            samples_s=f"{samples_seen / max(seconds, 1e-9):.1f}")
 
         if step % eval_every == 0 or step == total_steps:
+            train_loss = accelerator.reduce(running_loss, reduction="mean").item() / max(running_n, 1)
+            train_seconds += time.perf_counter() - phase_start  # .item() waited for the device
             val = quick_metrics(_logits(model, val_ids, cfg, pad_id, accelerator), y_val)
             record = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
-                "train_loss": running_loss / max(running_n, 1),
+                "train_loss": train_loss,
                 "lr": scheduler.get_last_lr()[0],
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
@@ -236,7 +242,7 @@ def train(
                 "samples_per_s": samples_seen / max(train_seconds, 1e-9),
                 "elapsed_s": time.time() - t_start,
             }
-            running_loss, running_n = 0.0, 0
+            running_loss, running_n = torch.zeros((), device=accelerator.device), 0
             value = val[metric_key]
             improved = _better(metric, value, best_value)
             if improved:
@@ -263,6 +269,7 @@ def train(
             bar.write(message) if show_bar else log(message)
             if stopped_early:
                 log(f"early stopping at step {step}: no {metric} improvement in {patience} evaluations")
+            phase_start = time.perf_counter()
     bar.close()
     accelerator.wait_for_everyone()
 

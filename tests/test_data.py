@@ -168,3 +168,18 @@ def test_unreachable_hub_is_a_one_line_error():
         read_table("ag_news", DataConfig())
     assert "cannot load dataset 'ag_news'" in str(err.value) and "local file" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_length_grouped_order_is_a_permutation_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=1003)
+    order = train_order(1003, seed=1, epoch=0, lengths=lengths, batch_size=16, group=10)
+    assert sorted(order.tolist()) == list(range(1003))
+    assert (order == train_order(1003, seed=1, epoch=0, lengths=lengths, batch_size=16, group=10)).all()
+
+    def padded(o):
+        return sum(len(b) * lengths[b].max() for b in np.array_split(o, range(16, len(o), 16)))
+
+    plain = train_order(1003, seed=1, epoch=0)
+    assert padded(order) < 0.7 * padded(plain)  # far fewer padding tokens than random batches
+    assert not (order[:16] == train_order(1003, 1, 1, lengths, 16, 10)[:16]).all()
