@@ -212,8 +212,13 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
         tokenizer.save_pretrained(str(folder))
 
 
-def load_run(run_dir: str | Path, *, model_name: str | None = None):
-    """(model, tokenizer, config, label_names) of a finished run, in eval mode."""
+def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool = True):
+    """(model, tokenizer, config, label_names) of a finished run, in eval mode.
+
+    merge=True folds the adapter into the base weights (PEFT's merge_and_unload): a plain
+    transformers model with no adapter branches, which predicts faster and gives the same
+    logits up to float rounding.
+    """
     from peft import PeftModel
 
     from .config import load_config
@@ -228,6 +233,8 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None):
     label_names = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
     backbone = load_backbone(cfg.model.name, label_names)
     model = PeftModel.from_pretrained(backbone, str(adapter))
+    if merge:
+        model = model.merge_and_unload()
     model.eval()
     tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else (cfg.model.tokenizer or cfg.model.name))
     return model, tokenizer, cfg, label_names
