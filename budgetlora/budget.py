@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from .errors import UserError
-from .model import module_type
+from .model import head_modules, module_type
 
 ADAPTER_RE = re.compile(r"^(?P<module>.+?)\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\b")
 
@@ -28,6 +28,7 @@ class Breakdown:
     adapter_by_module: dict[str, int] = field(default_factory=dict)
     adapted_modules: int = 0
     max_trainable: int | None = None
+    head_type: str | None = None
 
     @property
     def share(self) -> float:
@@ -43,7 +44,7 @@ class Breakdown:
 
     def table(self) -> str:
         rows = [("adapter: " + name, n) for name, n in self.adapter_by_module.items()]
-        rows += [("head", self.head), ("biases", self.biases)]
+        rows += [(f"head ({self.head_type})" if self.head_type else "head", self.head), ("biases", self.biases)]
         if self.other:
             rows.append(("other", self.other))
         width = max(len(r[0]) for r in rows + [("trainable total", 0)])
@@ -57,15 +58,26 @@ class Breakdown:
 
 
 def count(model, max_trainable: int | None = None) -> Breakdown:
-    """Exact trainable-parameter breakdown of a PEFT model."""
+    """Exact trainable-parameter breakdown of a PEFT model.
+
+    `head` is every trainable parameter inside the head modules (`model.head_modules`): the fully
+    trained head, and under head.type=standard_lora also the head's LoRA matrices (and a head
+    bias that adapter.bias makes trainable). `adapter` and `biases` are the encoder's.
+    """
     by_module: dict[str, int] = defaultdict(int)
     adapted = set()
     head = biases = other = frozen = 0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head_prefixes = tuple(head_modules(base))
     for name, p in model.named_parameters():
         n = p.numel()
         if not p.requires_grad:
             if ".modules_to_save." not in name and ".original_module." not in name:
                 frozen += n
+            continue
+        path = name.removeprefix("base_model.model.")
+        if any(path.startswith(prefix + ".") for prefix in head_prefixes):
+            head += n
             continue
         m = ADAPTER_RE.match(name)
         if m:
@@ -90,6 +102,7 @@ def count(model, max_trainable: int | None = None) -> Breakdown:
         adapter_by_module=dict(by_module),
         adapted_modules=len(adapted),
         max_trainable=max_trainable,
+        head_type=getattr(base, "budgetlora_head", None),
     )
 
 

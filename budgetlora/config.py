@@ -61,9 +61,15 @@ class AdapterConfig:
     bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
 
 
+HEAD_TYPES = ("standard", "standard_lora", "linear", "mean")
+
+
 @dataclass
 class HeadConfig:
-    type: str = field(default="standard", metadata=_choice("standard"))
+    # standard: the model's own head, trained fully; standard_lora: its hidden Linear(s) frozen +
+    # LoRA (adapter.r), output layer trained fully; linear: one Linear on the first token;
+    # mean: one Linear on the mask-weighted mean of the tokens (see budgetlora/model.py)
+    type: str = field(default="standard", metadata=_choice(*HEAD_TYPES))
 
 
 @dataclass

@@ -4,8 +4,33 @@ Target modules are named by role and resolved here per architecture, by looking 
 model's own Linear layers: `attention` (q,k,v), `attention_all` (q,k,v,o), `ffn`,
 `all_linear`, or explicit module names. PEFT gets the exact list of full module names, so
 what is adapted is never a surprise (PEFT's suffix matching would let `output.dense` hit the
-attention output too). The "standard" head is every module that sits between the encoder
-and the logits (RoBERTa/MPNet `classifier`, BERT `pooler` + `classifier`, ...), trained fully.
+attention output too).
+
+Heads (`head.type`, see `prepare_head`):
+
+* `standard`: every module between the encoder and the logits (RoBERTa/MPNet `classifier` =
+  dense + tanh + out_proj, BERT `pooler` + `classifier`, ...), trained fully (PEFT
+  `modules_to_save`).
+* `standard_lora`: the same modules, but only the output layer(s) (out_features == number of
+  classes) are trained fully; every other Linear of the head (RoBERTa `classifier.dense`, BERT
+  `pooler.dense`) is frozen and gets a LoRA of the adapter's rank. RoBERTa's `classifier.dense` is
+  not in the pretrained checkpoint (random, seeded by train.seed), so `save_adapter` also writes
+  the frozen base weight of every head layer it adapts into adapter_model.safetensors
+  (`...classifier.dense.base_layer.weight`, the same pass-through PEFT itself uses for embedding
+  base weights): a plain `PeftModel.from_pretrained` loads it and reproduces the logits.
+  The PeftModel is a plain `PeftModel` (task_type None), because PEFT's sequence-classification
+  wrapper would make the whole `classifier` trainable.
+* `linear`: one Linear(hidden, classes) on the first token's final hidden state.
+* `mean`: one Linear(hidden, classes) on the attention-mask-weighted mean of the final hidden
+  states.
+
+`linear` and `mean` replace the model's own head module by a `PoolingHead` (and a BERT-style
+pooler by a parameterless pass-through). A model built by plain
+`AutoModelForSequenceClassification.from_pretrained` has the original dense+tanh head, which no
+PEFT config can turn into a single Linear, so these two heads CANNOT be reloaded by plain PEFT:
+call `prepare_head(base, "linear" | "mean")` on the base model before
+`PeftModel.from_pretrained` (budgetlora's `load_run` does). Without it PEFT fails loudly
+(KeyError on `classifier.dense.weight` / `classifier.weight`) rather than giving wrong logits.
 """
 
 from __future__ import annotations
@@ -13,12 +38,14 @@ from __future__ import annotations
 import json
 import re
 import warnings
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import Config
+from .config import HEAD_TYPES, Config
 from .errors import UserError
 
 LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layer|layers|h|blocks|block)\.)(?P<index>\d+)\.(?P<rest>.+)$")
@@ -166,36 +193,169 @@ def head_modules(model: nn.Module) -> list[str]:
     base_name = model.base_model_prefix
     names = [n for n, child in model.named_children() if n != base_name and any(True for _ in child.parameters())]
     base = getattr(model, base_name, None)
-    if base is not None and getattr(base, "pooler", None) is not None:
+    pooler = getattr(base, "pooler", None) if base is not None else None
+    if pooler is not None and any(True for _ in pooler.parameters()):
         names.insert(0, f"{base_name}.pooler")
     return names
+
+
+# ---------------------------------------------------------------- heads
+
+class PoolingHead(nn.Module):
+    """The `linear` / `mean` head: pool the final hidden states [B, T, H], dropout, one Linear.
+
+    `pooling="first"` takes the first token (<s> / [CLS]); `pooling="mean"` averages the tokens
+    where the attention mask is 1. The mask reaches the head through a forward pre-hook on the
+    encoder (see `prepare_head`), since the model only hands the head the hidden states.
+    """
+
+    def __init__(self, pooling: str, hidden: int, num_labels: int, dropout: float = 0.0, device=None):
+        super().__init__()
+        if pooling not in ("first", "mean"):
+            raise ValueError(f"pooling {pooling!r}")
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden, num_labels, device=device)
+        self.attention_mask = None  # set per forward by the encoder hook (mean pooling)
+
+    def forward(self, features, *args, **kwargs):
+        if features.dim() != 3:
+            raise RuntimeError(f"PoolingHead expects hidden states [batch, tokens, hidden], got {tuple(features.shape)}")
+        if self.pooling == "first":
+            pooled = features[:, 0]
+        else:
+            mask = self.attention_mask
+            if mask is None:
+                pooled = features.mean(dim=1)
+            else:
+                m = mask[:, : features.shape[1]].to(features.dtype).unsqueeze(-1)
+                pooled = (features * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        return self.out_proj(self.dropout(pooled))
+
+
+class PassThroughPooler(nn.Module):
+    """Stands in for a BERT-style pooler under the `linear`/`mean` heads: hands on the hidden states."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def _mask_hook(model: nn.Module):
+    ref = weakref.ref(model)
+
+    def hook(module, args, kwargs):
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        top = ref()
+        if top is not None:
+            for m in top.modules():  # every copy, including PEFT's modules_to_save one
+                if isinstance(m, PoolingHead):
+                    m.attention_mask = mask
+
+    return hook
+
+
+@dataclass
+class HeadSpec:
+    """How a head is trained: which head modules are trained fully, which get LoRA."""
+
+    type: str
+    modules_to_save: list[str] = field(default_factory=list)  # trained fully
+    lora_targets: list[str] = field(default_factory=list)  # frozen head Linears adapted with LoRA
+    seq_cls: bool = True  # PEFT task_type SEQ_CLS (which always adds `classifier` to modules_to_save)
+
+
+def _linears_under(model: nn.Module, prefix: str) -> list[tuple[str, nn.Linear]]:
+    module = model.get_submodule(prefix)
+    return [(f"{prefix}.{n}" if n else prefix, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+
+
+def prepare_head(model: nn.Module, head_type: str = "standard") -> HeadSpec:
+    """Put head `head_type` on a transformers sequence-classification model (in place).
+
+    `standard` and `standard_lora` leave the modules as they are (they only decide what is
+    trained); `linear` and `mean` replace the head module by a `PoolingHead`. Supported for
+    `linear`/`mean`: models whose head module pools the hidden states itself (RoBERTa, XLM-R,
+    MPNet, ELECTRA: `classifier` = *ClassificationHead) and BERT-style models (pooler + Linear
+    `classifier`: BERT, MiniLM); others raise a UserError.
+    """
+    if head_type not in HEAD_TYPES:
+        raise UserError(f"head.type: {head_type!r} is not allowed; choose one of {', '.join(HEAD_TYPES)}")
+    num_labels = model.config.num_labels
+    heads = head_modules(model)
+    model.budgetlora_head = head_type
+    if head_type == "standard":
+        return HeadSpec("standard", modules_to_save=heads)
+    if head_type == "standard_lora":
+        out_layers, lora = [], []
+        for prefix in heads:
+            for name, lin in _linears_under(model, prefix):
+                (out_layers if lin.out_features == num_labels else lora).append(name)
+        if not out_layers or not lora:
+            raise UserError(
+                f"head.type=standard_lora: the {model.config.model_type} head ({', '.join(heads)}) has no "
+                f"hidden Linear besides the output layer; use head.type=standard or linear"
+            )
+        # params outside any Linear of the head (none in the supported models) stay frozen
+        return HeadSpec("standard_lora", modules_to_save=out_layers, lora_targets=lora, seq_cls=False)
+
+    config = model.config
+    hidden = config.hidden_size
+    base_name = model.base_model_prefix
+    base = getattr(model, base_name)
+    device = next(model.parameters()).device
+    classifier = getattr(model, "classifier", None)
+    drop = getattr(config, "classifier_dropout", None)
+    drop = drop if drop is not None else getattr(config, "hidden_dropout_prob", 0.1)
+    pooling = "first" if head_type == "linear" else "mean"
+    if heads == ["classifier"] and not isinstance(classifier, nn.Linear) and type(classifier).__name__.endswith("ClassificationHead"):
+        head = PoolingHead(pooling, hidden, num_labels, drop, device=device)
+    elif heads == [f"{base_name}.pooler", "classifier"] and isinstance(classifier, nn.Linear):
+        base.pooler = PassThroughPooler()  # the model applies its own dropout before `classifier`
+        head = PoolingHead(pooling, hidden, num_labels, 0.0, device=device)
+    else:
+        raise UserError(
+            f"head.type={head_type} is not supported for {config.model_type} models (head: {', '.join(heads)}); "
+            f"use head.type=standard or standard_lora"
+        )
+    std = getattr(config, "initializer_range", 0.02)
+    with torch.no_grad():  # as transformers initialises a fresh classifier
+        head.out_proj.weight.normal_(mean=0.0, std=std)
+        head.out_proj.bias.zero_()
+    model.classifier = head
+    if pooling == "mean":
+        base.register_forward_pre_hook(_mask_hook(model), with_kwargs=True)
+    return HeadSpec(head_type, modules_to_save=["classifier"])
 
 
 # ---------------------------------------------------------------- building
 
 
-def peft_config(cfg: Config, model: nn.Module):
+def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None):
+    """LoraConfig for `model`; `head` is what `prepare_head` returned (default: the standard head)."""
     from peft import LoraConfig, TaskType
 
     a = cfg.adapter
+    if head is None:
+        head = HeadSpec("standard", modules_to_save=head_modules(model))
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.SEQ_CLS if head.seq_cls else None,
         r=a.r,
         lora_alpha=a.alpha,
         lora_dropout=a.dropout,
-        target_modules=resolve_targets(model, a.targets),
+        target_modules=resolve_targets(model, a.targets) + list(head.lora_targets),
         bias=a.bias,
-        modules_to_save=head_modules(model),
+        modules_to_save=list(head.modules_to_save),
     )
 
 
 def build_model(cfg: Config, label_names: list[str], *, meta: bool = False):
-    """The budgeted PEFT model: frozen encoder + adapter + trainable head."""
+    """The budgeted PEFT model: frozen encoder + adapter + trainable head (cfg.head.type)."""
     from peft import get_peft_model
 
     torch.manual_seed(cfg.train.seed)  # the head's initial weights
     backbone = load_backbone(cfg.model.name, label_names, meta=meta)
-    return get_peft_model(backbone, peft_config(cfg, backbone))
+    head = prepare_head(backbone, cfg.head.type)
+    return get_peft_model(backbone, peft_config(cfg, backbone, head))
 
 
 # ---------------------------------------------------------------- saving and loading a run
@@ -205,9 +365,37 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def head_lora_base_weights(model) -> dict[str, torch.Tensor]:
+    """Frozen base weights of the head layers that carry a LoRA (head.type=standard_lora), keyed as
+    PEFT keys a targeted layer's base weight (`base_model.model.classifier.dense.base_layer.weight`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefixes = head_modules(base)
+    out = {}
+    for name, module in model.named_modules():
+        if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
+            continue
+        path = name.removeprefix("base_model.model.")
+        if any(path == p or path.startswith(p + ".") for p in prefixes):
+            for pname, p in module.base_layer.named_parameters():
+                out[f"{name}.base_layer.{pname}"] = p.detach().to("cpu").contiguous().clone()
+    return out
+
+
 def save_adapter(model, folder: Path, tokenizer=None) -> None:
-    """PEFT format (adapter_config.json + adapter_model.safetensors, head included)."""
+    """PEFT format (adapter_config.json + adapter_model.safetensors, head included).
+
+    Under head.type=standard_lora the frozen (randomly initialised) base weights of the LoRA'd
+    head layers are added to adapter_model.safetensors, so that plain PEFT reload reproduces them.
+    """
     model.save_pretrained(str(folder))
+    extra = head_lora_base_weights(model)
+    if extra:
+        from safetensors.torch import load_file, save_file
+
+        path = Path(folder) / "adapter_model.safetensors"
+        tensors = load_file(str(path))
+        tensors.update(extra)
+        save_file(tensors, str(path), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
 
@@ -232,6 +420,7 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
         cfg.model.name = model_name
     label_names = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
     backbone = load_backbone(cfg.model.name, label_names)
+    prepare_head(backbone, cfg.head.type)  # linear/mean: the pooling head plain PEFT cannot rebuild
     model = PeftModel.from_pretrained(backbone, str(adapter))
     if merge:
         model = model.merge_and_unload()
