@@ -53,6 +53,38 @@ def _cmd_params(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from .config import load_config
+
+    overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
+    if args.budget is not None:
+        overrides.append(f"budget.max_trainable={args.budget}")
+    cfg = load_config(args.recipe, overrides)
+    label_names = cfg.data.label_names or [str(i) for i in range(args.num_labels)]
+    if args.fill:
+        from .planner import fill
+
+        filled, cost = fill(cfg, label_names)
+        if args.json:
+            print(json.dumps(filled.to_dict(), indent=2))
+        else:
+            r = filled.adapter.r
+            print(f"# largest adapter.r that fits {filled.budget.max_trainable:,}: r={r} -> "
+                  f"{cost.trainable(r):,} trainable (r={r + 1} would be {cost.trainable(r + 1):,})")
+            print(filled.to_yaml(), end="")
+        return 0
+    from .planner import plan
+
+    result = plan(cfg, label_names)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table())
+    if not result.entries:
+        raise UserError(f"no head and target set fits budget.max_trainable={result.budget:,}, even at r=1")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
@@ -119,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("plan", help="which head x targets x rank fit the budget (no weights); --fill: largest r")
+    _add_config_args(p)
+    p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
+    p.add_argument("--budget", type=int, help="trainable-parameter budget (sets budget.max_trainable)")
+    p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
+    p.add_argument("--fill", action="store_true",
+                   help="print the config (recipe + --set) with the largest adapter.r that fits, as YAML")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     p.add_argument("run_dir")
