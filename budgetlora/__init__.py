@@ -14,6 +14,7 @@ from .config import Config, load_config, recipe_names
 from .errors import UserError
 from .evaluate import evaluate_run
 from .model import build_model, load_run
+from .planner import fill, plan
 from .predict import predict_file
 from .train import train
 
@@ -28,6 +29,8 @@ __all__ = [
     "evaluate_run",
     "load_config",
     "load_run",
+    "plan",
+    "fill",
     "plan_from_config",
     "predict_file",
     "recipe_names",
