@@ -218,13 +218,18 @@ class LoadMeter:
 
 def wait_until_idle(max_wait: float, threshold: float = 0.25, window: float = 3.0) -> float:
     """Sleep until other processes use < `threshold` cores over a `window`, at most `max_wait` s."""
-    t0 = time.perf_counter()
+    t0, quiet, last_note = time.perf_counter(), 0, 0.0
     while time.perf_counter() - t0 < max_wait:
         with LoadMeter() as load:
             time.sleep(window)
-        if load.other_cores is None or load.other_cores < threshold:
+        if load.other_cores is None:
             break
-        log(f"waiting for the CPU: other processes use {load.other_cores:.2f} cores")
+        quiet = quiet + 1 if load.other_cores < threshold else 0
+        if quiet >= 2:  # two quiet windows in a row
+            break
+        if load.other_cores >= threshold and time.perf_counter() - last_note > 30:
+            log(f"waiting for the CPU: other processes use {load.other_cores:.2f} cores")
+            last_note = time.perf_counter()
     return time.perf_counter() - t0
 
 
@@ -309,14 +314,16 @@ def parse_spec(text: str) -> Spec:
     elif base == "trainer-tuned":
         spec = Spec(text, "trainer", 32, bf16_default, False, True, LORA["dropout"])
     elif base == "budgetlora":
-        spec = Spec(text, "budgetlora", 32, bf16_default, False, False, LORA["dropout"])
+        spec = Spec(text, "budgetlora", 32, bf16_default, False, budgetlora_groups_by_default(), LORA["dropout"])
     else:
         raise SystemExit(f"unknown pipeline {base!r}; choose trainer-published, trainer-tuned, budgetlora (+modifiers)")
     for mod in mods:
         if mod.startswith("b") and mod[1:].isdigit():
             spec.batch_size = int(mod[1:])
-        elif mod in ("nogroup", "group", "dynpad", "maxpad") and spec.kind == "budgetlora":
-            raise SystemExit(f"{text}: budgetlora has no {mod} switch (its batching is fixed: dynamic padding, random order)")
+        elif mod in ("dynpad", "maxpad") and spec.kind == "budgetlora":
+            raise SystemExit(f"{text}: budgetlora always pads dynamically; +{mod} is for the Trainer pipelines")
+        elif mod in ("nogroup", "group") and spec.kind == "budgetlora" and budgetlora_groups_by_default() is None:
+            raise SystemExit(f"{text}: this budgetlora has no train.group_by_length setting")
         elif mod == "nogroup":
             spec.group_by_length = False
         elif mod == "group":
@@ -332,6 +339,14 @@ def parse_spec(text: str) -> Spec:
         else:
             raise SystemExit(f"unknown modifier +{mod} in {text!r}")
     return spec
+
+
+def budgetlora_groups_by_default() -> bool | None:
+    """budgetlora's train.group_by_length default, or None where the setting does not exist."""
+    from budgetlora.config import TrainConfig
+
+    field = next((f for f in dataclasses.fields(TrainConfig) if f.name == "group_by_length"), None)
+    return None if field is None else bool(field.default)
 
 
 def steps_for(spec: Spec, args, n_train: int) -> int:
@@ -377,12 +392,15 @@ def budgetlora_config(spec: Spec, args, model_path: str, seed: int, steps: int |
         f"adapter.alpha={LORA['alpha']}",
         f"adapter.dropout={spec.dropout}",
         "adapter.targets=attention",
+        "head.type=standard",  # the model's own head, trained fully (as modules_to_save in the Trainer runs)
         f"train.precision={spec.precision}",
         "train.progress=false",
         *out_extra,
     ]
     if steps is not None:
         overrides += [f"train.max_steps={steps}", f"train.eval_every={steps}"]
+    if budgetlora_groups_by_default() is not None:
+        overrides.append(f"train.group_by_length={str(spec.group_by_length).lower()}")
     return load_config(RECIPE, overrides)
 
 
@@ -555,47 +573,71 @@ def run_trainer(spec: Spec, args, model_path: str, split: dict, seed: int, workd
     train_ds = trainer_dataset(tokenizer, split["train_texts"], split["train_labels"], spec.pad_to_max)
     val_ds = trainer_dataset(tokenizer, split["val_texts"], split["val_labels"], spec.pad_to_max)
     tokenize_s = time.perf_counter() - t_tok
-    collator = default_data_collator if spec.pad_to_max else DataCollatorWithPadding(tokenizer)
+    base_collator = default_data_collator if spec.pad_to_max else DataCollatorWithPadding(tokenizer)
+    batch_tokens = []  # (padded, real) per collated batch, in order
+
+    def collator(features):
+        batch = base_collator(features)
+        batch_tokens.append((batch["input_ids"].numel(), int(batch["attention_mask"].sum())))
+        return batch
+
     timer = StepTimer()
-    trainer = Trainer(model=model, args=training_arguments(spec, args, workdir / f"{spec.name}-{seed}", steps, seed),
+    out_dir = workdir / f"{spec.name}-{seed}-{time.monotonic_ns()}"
+    trainer = Trainer(model=model, args=training_arguments(spec, args, out_dir, steps, seed),
                       train_dataset=train_ds, data_collator=collator, processing_class=tokenizer, callbacks=[timer])
     trainer.remove_callback(PrinterCallback)  # keep stdout for the table (the final log line only)
     sync()
-    out = trainer.train()
-    sync()
+    with LoadMeter() as train_load:
+        out = trainer.train()
+        sync()
     meter.mark("train")
     loop_s = out.metrics["train_runtime"]
-    tokens = int(trainer.state.num_input_tokens_seen) or None
+    used = batch_tokens[: trainer.state.global_step]  # the loader may collate one batch ahead
+    tokens = int(trainer.state.num_input_tokens_seen) or sum(r for _, r in used)
+    padded = sum(p for p, _ in used)
     samples = samples_in_steps(trainer.state.global_step, n_train, spec.batch_size)
 
     # validation accuracy and inference speed: Trainer.predict on the validation rows
     warm = val_ds.select(range(min(8, len(val_ds))))
     trainer.predict(warm)
     sync()
-    t0 = time.perf_counter()
-    pred = trainer.predict(val_ds)
-    sync()
-    infer_s = time.perf_counter() - t0
+    with LoadMeter() as infer_load:
+        t0 = time.perf_counter()
+        pred = trainer.predict(val_ds)
+        sync()
+        infer_s = time.perf_counter() - t0
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    accuracy = float((np.asarray(logits).argmax(-1) == split["val_labels"]).mean())
+    # Trainer.predict returns rows in its eval sampler's order, which with group_by_length is a
+    # length-grouped shuffle (transformers 5 `_get_eval_sampler`), not dataset order: compare with
+    # the label_ids it returns alongside, never with the dataset's labels.
+    labels = pred.label_ids if pred.label_ids is not None else split["val_labels"]
+    accuracy = float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())
+    in_dataset_order = pred.label_ids is None or bool(np.array_equal(np.asarray(pred.label_ids), split["val_labels"]))
     result = {
         "steps": int(trainer.state.global_step),
         "samples": samples,
         "tokens": tokens,
+        "padded_tokens": padded,
         "loop_seconds": loop_s,
+        "loop_seconds_how": "Trainer train_runtime",
         "step_seconds": timer.seconds,
+        "step_seconds_how": "callback on_step_begin -> on_step_end",
         "hf_train_samples_per_second": out.metrics.get("train_samples_per_second"),
         "tokenize_seconds": tokenize_s,
         "train_loss": out.training_loss,
         "val_accuracy": accuracy,
+        "predict_rows_in_dataset_order": in_dataset_order,
         "val_rows": len(split["val_texts"]),
         "train_rows": n_train,
         "trainable_params": trainable,
         "encoder_nonembedding_params": n_enc,
         "infer_seconds": infer_s,
         "infer_samples_per_s": len(val_ds) / infer_s,
+        "train_other_load_cores": train_load.other_cores,
+        "infer_other_load_cores": infer_load.other_cores,
         "infer_how": f"Trainer.predict, batch {args.eval_batch_size}, "
-                     + ("rows padded to max_length" if spec.pad_to_max else "dynamic padding, dataset order"),
+                     + ("rows padded to max_length" if spec.pad_to_max else "dynamic padding")
+                     + (", length-grouped eval order" if spec.group_by_length else ", dataset order"),
         "optimizer": trainer.args.optim if isinstance(trainer.args.optim, str) else trainer.args.optim.value,
     }
     del trainer, model, out, pred
@@ -607,7 +649,8 @@ def run_trainer(spec: Spec, args, model_path: str, split: dict, seed: int, workd
 
 
 def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, workdir: Path, meter: MemoryMeter) -> dict:
-    import numpy as np
+    import inspect
+
     import torch
 
     from budgetlora import load_run, train
@@ -617,20 +660,29 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
     n_train = len(split["train_texts"])
     steps = steps_for(spec, args, n_train)
     cfg = budgetlora_config(spec, args, model_path, seed, steps)
-    out_dir = workdir / f"{spec.name}-{seed}"
+    out_dir = workdir / f"{spec.name}-{seed}-{time.monotonic_ns()}"
+    if not args.warm_token_cache:  # a cold token cache per run: budgetlora tokenises like the Trainer does
+        os.environ["BUDGETLORA_CACHE"] = str(out_dir.with_name(out_dir.name + "-cache"))
     messages = []
 
-    # time-stamp the loop: first collate = loop start, first compute_logits after it = loop end
-    bt = importlib.import_module("budgetlora.train")  # the module (budgetlora.train is the function)
-    marks: dict[str, float] = {}
+    # Time-stamp the training loop from outside: budgetlora.train calls `collate` once per step
+    # and `compute_logits` first for the evaluation after the last step (eval_every = steps).
+    # We wrap both names in the budgetlora.train module for the duration of the call.
+    bt = importlib.import_module("budgetlora.train")  # the module (the package's `train` is the function)
+    marks: dict[str, float] = {"collate_s": 0.0, "padded": 0, "real": 0}
     originals = {k: getattr(bt, k, None) for k in ("collate", "compute_logits")}
-    instrumented = all(originals.values())
-    if instrumented:
+    if all(originals.values()):
         def collate(*a, **k):
+            t0 = time.perf_counter()
             if "start" not in marks:
                 sync()
-                marks["start"] = time.perf_counter()
-            return originals["collate"](*a, **k)
+                marks["start"] = t0
+            batch = originals["collate"](*a, **k)
+            if "end" not in marks:
+                marks["padded"] += batch.input_ids.numel()
+                marks["real"] += int(batch.attention_mask.sum())
+            marks["collate_s"] += time.perf_counter() - t0
+            return batch
 
         def compute_logits_hook(*a, **k):
             if "start" in marks and "end" not in marks:
@@ -642,7 +694,8 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
         bt.collate, bt.compute_logits = collate, compute_logits_hook
     t_wall = time.perf_counter()
     try:
-        res = train(cfg, out_dir, overwrite=True, log=messages.append)
+        with LoadMeter() as train_load:
+            res = train(cfg, out_dir, overwrite=True, log=messages.append)
     finally:
         for k, v in originals.items():
             if v is not None:
@@ -655,47 +708,64 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
     if res["train_rows"] != n_train or res["val_rows"] != len(split["val_texts"]):
         log(f"WARNING: budgetlora split {res['train_rows']}/{res['val_rows']} differs from ours "
             f"{n_train}/{len(split['val_texts'])}")
-    loop_s = marks["end"] - marks["start"] if "end" in marks else None
+    instrumented = "end" in marks
+    loop_s = marks["end"] - marks["start"] if instrumented else res["train_seconds"]
     samples = samples_in_steps(res["steps"], n_train, spec.batch_size)
-    tokens = res.get("train_tokens_per_s", 0) * res["train_seconds"] or None
+    tokens = marks["real"] if instrumented else (res.get("train_tokens_per_s", 0) * res["train_seconds"] or None)
 
-    # inference: reload the saved run, compute_logits over budgetlora.data.tokenize ids
-    model, tokenizer, run_cfg, _ = load_run(out_dir)
+    # inference: reload the saved run (load_run), compute_logits over budgetlora.data.tokenize ids
     device = torch.device("cuda" if cuda() else "cpu")
-    model.to(device)
-    ids = tokenize(split["val_texts"], tokenizer, run_cfg.model.max_length)  # cached by train(): not timed
     autocast = None
     if spec.precision == "bf16" and cuda():
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731 (as train() evaluates)
-    pad_id = pad_id_of(tokenizer)
-    compute_logits(model, ids[:8], args.eval_batch_size, pad_id, autocast)  # warm-up
-    sync()
-    t0 = time.perf_counter()
-    logits = compute_logits(model, ids, args.eval_batch_size, pad_id, autocast)
-    sync()
-    infer_s = time.perf_counter() - t0
-    reload_acc = float((logits.argmax(-1) == split["val_labels"]).mean())
-    del model
+    variants = {"default": {}}
+    if "merge" in inspect.signature(load_run).parameters:  # newer budgetlora merges LoRA into the weights
+        variants = {"merged": {"merge": True}, "unmerged": {"merge": False}}
+    infer = {}
+    for label, kw in variants.items():
+        model, tokenizer, run_cfg, _ = load_run(out_dir, **kw)
+        model.to(device)
+        ids = tokenize(split["val_texts"], tokenizer, run_cfg.model.max_length)  # cached by train(): not timed
+        pad_id = pad_id_of(tokenizer)
+        compute_logits(model, ids[:8], args.eval_batch_size, pad_id, autocast)  # warm-up
+        sync()
+        with LoadMeter() as infer_load:
+            t0 = time.perf_counter()
+            logits = compute_logits(model, ids, args.eval_batch_size, pad_id, autocast)
+            sync()
+            seconds = time.perf_counter() - t0
+        infer[label] = {"seconds": seconds, "samples_per_s": len(ids) / seconds, "other_load_cores": infer_load.other_cores,
+                        "accuracy": float((logits.argmax(-1) == split["val_labels"]).mean()),
+                        "how": f"load_run({', '.join(f'{k}={v}' for k, v in kw.items())}) + compute_logits, "
+                               f"batch {args.eval_batch_size}, length-sorted dynamic padding"
+                               + (", bf16 autocast" if autocast else "")}
+        del model
+    first = next(iter(infer.values()))
     return {
         "steps": res["steps"],
         "samples": samples,
         "tokens": int(round(tokens)) if tokens else None,
+        "padded_tokens": marks["padded"] if instrumented else None,
         "loop_seconds": loop_s,
-        "loop_seconds_how": "collate(first batch) -> compute_logits(final eval)" if loop_s else "not instrumented",
-        "step_seconds": res["train_seconds"],
+        "loop_seconds_how": ("first collate -> first compute_logits (instrumented)" if instrumented
+                             else "budgetlora train_seconds (instrumentation found nothing to wrap)"),
+        "step_seconds": loop_s - marks["collate_s"] if instrumented else None,
+        "step_seconds_how": "loop minus time inside collate",
+        "train_other_load_cores": train_load.other_cores,
+        "infer_other_load_cores": first["other_load_cores"],
+        "budgetlora_train_seconds": res["train_seconds"],
         "budgetlora_train_samples_per_s": res["train_samples_per_s"],
         "budgetlora_train_tokens_per_s": res.get("train_tokens_per_s"),
         "budgetlora_wall_seconds": res["wall_seconds"],
         "val_accuracy": res["val"]["accuracy"],
-        "val_accuracy_reloaded": reload_acc,
         "val_loss": res["val"]["loss"],
         "val_rows": res["val_rows"],
         "train_rows": res["train_rows"],
         "trainable_params": res["trainable_params"],
-        "infer_seconds": infer_s,
-        "infer_samples_per_s": len(ids) / infer_s,
-        "infer_how": f"load_run + compute_logits, batch {args.eval_batch_size}, length-sorted dynamic padding"
-                     + (", bf16 autocast" if autocast else ""),
+        "infer_seconds": first["seconds"],
+        "infer_samples_per_s": first["samples_per_s"],
+        "infer_variants": infer,
+        "infer_how": first["how"],
         "device": res.get("device"),
         "wall_seconds": wall,
     }
@@ -733,11 +803,22 @@ def summarise(runs: list[dict], peak_flops: float | None, flops_per_token: float
     summary = {}
     for name, rs in by_name.items():
         row = {"pipeline": name, "seeds": [r["seed"] for r in rs], "batch_size": rs[0]["batch_size"],
-               "precision": rs[0]["precision"], "steps": rs[0]["steps"], "samples": rs[0]["samples"]}
+               "precision": rs[0]["precision"], "group_by_length": rs[0]["group_by_length"],
+               "pad_to_max": rs[0]["pad_to_max"], "lora_dropout": rs[0]["lora_dropout"],
+               "steps": rs[0]["steps"], "samples": rs[0]["samples"]}
         for key in ("loop_samples_per_s", "step_samples_per_s", "loop_tokens_per_s", "mfu", "peak_mem_train_mib",
                     "peak_mem_pipeline_mib", "loop_seconds", "wall_seconds", "val_accuracy", "infer_samples_per_s",
-                    "overhead_ms_per_step", "tokens_per_sample", "other_load_cores"):
+                    "overhead_ms_per_step", "tokens_per_sample", "other_load_cores", "padding_share"):
             row[key] = mean(r.get(key) for r in rs)
+        loop_rates = [r["loop_samples_per_s"] for r in rs]
+        row["runs"] = len(rs)
+        row["loop_samples_per_s_min"], row["loop_samples_per_s_max"] = min(loop_rates), max(loop_rates)
+        row["train_other_load_cores"] = mean(r.get("train_other_load_cores") for r in rs)
+        row["infer_other_load_cores"] = mean(r.get("infer_other_load_cores") for r in rs)
+        row["infer_how"] = rs[0].get("infer_how")
+        if rs[0].get("infer_variants"):
+            row["infer_variants"] = {k: {m: (mean(r["infer_variants"][k][m] for r in rs) if m != "how" else v[m])
+                                         for m in v} for k, v in rs[0]["infer_variants"].items()}
         summary[name] = row
     for ref in ("trainer-tuned", "trainer-published"):
         if ref in summary:
@@ -754,6 +835,7 @@ def derive(r: dict, peak_flops: float | None, flops_per_token: float) -> None:
     r["step_samples_per_s"] = r["samples"] / r["step_seconds"] if r.get("step_seconds") else None
     r["loop_tokens_per_s"] = r["tokens"] / loop if r.get("tokens") else None
     r["tokens_per_sample"] = r["tokens"] / r["samples"] if r.get("tokens") else None
+    r["padding_share"] = 1 - r["tokens"] / r["padded_tokens"] if r.get("tokens") and r.get("padded_tokens") else None
     r["mfu"] = r["loop_tokens_per_s"] * flops_per_token / peak_flops if peak_flops and r["loop_tokens_per_s"] else None
     if r.get("loop_seconds") and r.get("step_seconds"):
         r["overhead_ms_per_step"] = 1000 * (r["loop_seconds"] - r["step_seconds"]) / r["steps"]
@@ -764,24 +846,40 @@ def fmt(v, spec="{:.1f}"):
 
 
 def print_table(summary: dict, device: str, mem_kind: str) -> str:
-    head = ["pipeline", "batch", "prec", "steps", "samples", "loop smp/s", "step smp/s", "tok/s", "MFU",
+    head = ["pipeline", "batch", "prec", "group", "pad %", "steps", "samples", "loop smp/s", "step smp/s", "tok/s", "MFU",
             "peak mem MiB", "loop s", "wall s", "val acc", "x tuned", "x published", "infer smp/s", "infer x tuned", "other load"]
     rows = []
     for s in summary.values():
-        rows.append([s["pipeline"], str(s["batch_size"]), s["precision"], str(s["steps"]), str(s["samples"]),
-                     fmt(s["loop_samples_per_s"]), fmt(s["step_samples_per_s"]), fmt(s["loop_tokens_per_s"], "{:.0f}"),
+        rows.append([s["pipeline"], str(s["batch_size"]), s["precision"], "yes" if s["group_by_length"] else "no",
+                     fmt(s["padding_share"] and 100 * s["padding_share"], "{:.0f}"), str(s["steps"]), str(s["samples"]),
+                     fmt(s["loop_samples_per_s"]) + (f" ({s['loop_samples_per_s_min']:.1f}-{s['loop_samples_per_s_max']:.1f})"
+                                                      if s["runs"] > 1 else ""),
+                     fmt(s["step_samples_per_s"]), fmt(s["loop_tokens_per_s"], "{:.0f}"),
                      fmt(s["mfu"] and 100 * s["mfu"], "{:.1f}%"), fmt(s["peak_mem_train_mib"], "{:.0f}"),
                      fmt(s["loop_seconds"]), fmt(s["wall_seconds"]), fmt(s["val_accuracy"], "{:.4f}"),
                      fmt(s.get("loop_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
                      fmt(s.get("loop_samples_per_s_x_trainer-published"), "{:.2f}x"),
                      fmt(s["infer_samples_per_s"]), fmt(s.get("infer_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
-                     fmt(s["other_load_cores"], "{:.2f}")])
+                     fmt(s["train_other_load_cores"], "{:.2f}")])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines)
+    inf = ["", "| inference (validation rows) | how | samples/s | x Trainer.predict (trainer-tuned) | accuracy | other load |",
+           "|---|---|---|---|---|---|"]
+    ref = summary.get("trainer-tuned", {}).get("infer_samples_per_s")
+    for s in summary.values():
+        for label, v in (s.get("infer_variants") or {"": None}).items():
+            rate = v["samples_per_s"] if v else s["infer_samples_per_s"]
+            how = v["how"] if v else s["infer_how"]
+            inf.append(f"| {s['pipeline']}{' (' + label + ')' if label else ''} | {how} | {fmt(rate)} | "
+                       f"{fmt(rate / ref if ref and rate else None, '{:.2f}x')} | "
+                       f"{fmt(v['accuracy'] if v else s['val_accuracy'], '{:.4f}')} | "
+                       f"{fmt(v['other_load_cores'] if v else s['infer_other_load_cores'], '{:.2f}')} |")
+    text += "\n" + "\n".join(inf)
     text += (f"\n\ndevice: {device}; peak memory: {mem_kind}; ratios are loop samples/s (infer: inference samples/s); "
              "loop = whole training loop, step = inside optimizer steps only; "
-             "other load = CPU cores busy with other processes during the pipeline (noise indicator)")
+             "other load = CPU cores busy with other processes during training (noise indicator); "
+             "with --repeat, loop smp/s shows mean (min-max)")
     return text
 
 
@@ -803,6 +901,8 @@ def main(argv=None) -> int:
     p.add_argument("--pipelines", default="trainer-published,trainer-tuned,budgetlora",
                    help="comma-separated, run in this order; modifiers: +bN +nogroup +group +dynpad +maxpad +nodrop +fp32 +bf16")
     p.add_argument("--seeds", default="42", help="comma-separated seeds (split, init, order)")
+    p.add_argument("--repeat", type=int, default=1, help="run the pipeline list this many times per seed, "
+                   "interleaved (A B C A B C); the table shows means, the JSON every run")
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (default: see docstring)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -839,7 +939,7 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="budgetlora-speed-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if not args.warm_token_cache:
-        os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")
+        os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")  # and a fresh one per budgetlora run
 
     import peft
     import torch
@@ -874,7 +974,7 @@ def main(argv=None) -> int:
                 f"(of {split['n_total']} in {args.data})")
             if not args.no_warmup and not runs:
                 warm_up(model_path, split["label_names"])
-            for spec in specs:
+            for repeat, spec in [(k, sp) for k in range(args.repeat) for sp in specs]:  # interleaved rounds
                 steps = steps_for(spec, args, len(split["train_texts"]))
                 log(f"{spec.name}: batch {spec.batch_size}, {spec.precision}, {steps} steps, "
                     f"{'pad to max_length' if spec.pad_to_max else 'dynamic padding'}"
@@ -885,7 +985,7 @@ def main(argv=None) -> int:
                     runner = run_trainer if spec.kind == "trainer" else run_budgetlora
                     r = runner(spec, args, model_path, split, seed, workdir, meter)
                 mem_kind = meter.kind
-                r.update(pipeline=spec.name, seed=seed, batch_size=spec.batch_size, precision=spec.precision,
+                r.update(pipeline=spec.name, seed=seed, repeat=repeat, batch_size=spec.batch_size, precision=spec.precision,
                          pad_to_max=spec.pad_to_max, group_by_length=spec.group_by_length, lora_dropout=spec.dropout,
                          peak_mem_train_mib=meter.marks.get("train"), peak_mem_pipeline_mib=meter.marks.get("pipeline"),
                          other_load_cores=load.other_cores, steal_cores=load.steal_cores)
