@@ -127,7 +127,7 @@ def _cmd_recipes(args) -> int:
     for name in recipe_names():
         cfg = load_config(name)
         a, t = cfg.adapter, cfg.train
-        length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+        length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epoch{'' if t.epochs == 1 else 's'}"
         print(f"{name:<18} {a.method} r={a.r} alpha={a.alpha:g} targets={a.targets} bias={a.bias} "
               f"lr={t.lr:g} {length} of batch {t.batch_size}, {t.scheduler}")
     return 0
