@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"budgetlora: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("budgetlora: interrupted (a training run can continue with --resume)", file=sys.stderr)
         return 130
