@@ -14,11 +14,12 @@ Pipelines (``--pipelines``, comma-separated, run in the order given):
   trainer-tuned       Trainer + PEFT tuned: bf16 on a GPU (fp32 on CPU), dynamic padding
                       (DataCollatorWithPadding), length-grouped batches, batch 32.
   budgetlora          budgetlora.train() with recipe r6-qkv-a24, batch 32 (its own loop:
-                      dynamic padding, random order, bf16 autocast on a GPU).
+                      dynamic padding, length-grouped batches where budgetlora has
+                      train.group_by_length (default on), bf16 autocast on a GPU).
 
 Ablations: append modifiers with "+" to any pipeline, e.g. ``budgetlora+b16``,
 ``trainer-tuned+nogroup``, ``trainer-published+dynpad``, ``trainer-tuned+nodrop``:
-  +bN       batch size N                 +nogroup / +group   length grouping off / on (Trainer)
+  +bN       batch size N                 +nogroup / +group   length grouping off / on
   +dynpad   dynamic padding (Trainer)    +maxpad             pad to max length (Trainer)
   +nodrop   LoRA dropout 0 (changes the recipe: a speed ablation only)
   +fp32     force fp32                   +bf16               force bf16 autocast
@@ -35,10 +36,11 @@ What is measured, per pipeline:
                    budgetlora: from the first batch it collates to the start of its final
                    evaluation (we wrap budgetlora.train's `collate` and `compute_logits` to
                    time-stamp them; nothing in budgetlora is changed).
-  step samples/s   samples / seconds inside the optimizer steps only (forward, backward,
-                   clipping, optimizer and scheduler step). Trainer: a callback timing
-                   on_step_begin -> on_step_end; budgetlora: its own `train_seconds`.
+  step samples/s   samples / seconds inside the optimizer steps (forward, backward, clipping,
+                   optimizer and scheduler step). Trainer: a callback timing on_step_begin ->
+                   on_step_end; budgetlora: the loop minus the time spent in its `collate`.
                    loop - step = per-step overhead outside the step (data, callbacks, ...).
+                   budgetlora's own `train_seconds` (in the JSON) is its loop time.
   tokens/s         non-padding tokens (attention_mask sum) / loop seconds.
   MFU              tokens/s x FLOPs per token / peak FLOP/s. FLOPs per token = 4 x N, N the
                    non-embedding parameters of the frozen encoder (its Transformer layers;
@@ -59,8 +61,11 @@ What is measured, per pipeline:
                    at the end of training for every pipeline).
   inference        samples/s predicting the validation rows with the trained model, batch
                    --eval-batch-size (128): budgetlora's compute_logits over budgetlora.data.tokenize
-                   ids (length-sorted batches) after budgetlora.load_run; Trainer.predict for
-                   the Trainer pipelines. Tokenisation is excluded from both.
+                   ids (length-sorted batches) after budgetlora.load_run (merged LoRA, and
+                   unmerged where load_run has `merge`); Trainer.predict for the Trainer
+                   pipelines. Tokenisation is excluded from both. Accuracy from Trainer.predict
+                   is taken against its returned label_ids: with group_by_length, transformers 5
+                   also length-groups the eval sampler, so rows come back shuffled.
 
 Usage (from the repository root):
   python benchmarks/speed.py --rows 1200 --val-size 300 --epochs 1 --json speed.json
