@@ -424,6 +424,7 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
     model = PeftModel.from_pretrained(backbone, str(adapter))
     if merge:
         model = model.merge_and_unload()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict on the GPU when there is one
     model.eval()
     tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else (cfg.model.tokenizer or cfg.model.name))
     return model, tokenizer, cfg, label_names
