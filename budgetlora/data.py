@@ -279,6 +279,17 @@ def split_train_val(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.
     return np.sort(train_idx), np.sort(val_idx)
 
 
+def train_val_indices(labels: np.ndarray, data_cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact training and validation rows a run uses: the stratified split, then the seeded
+    `data.max_train_samples` cap on the training side. Public so that benchmarks and notebooks
+    reproduce a run's split instead of re-deriving it."""
+    train_idx, val_idx = split_train_val(labels, data_cfg.val_size, seed)
+    cap = data_cfg.max_train_samples
+    if cap and cap < len(train_idx):
+        train_idx = np.sort(np.random.default_rng(seed).permutation(train_idx)[:cap])
+    return train_idx, val_idx
+
+
 # ---------------------------------------------------------------- tokenising (cached)
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import budget
 from .config import Config, load_config
-from .data import collate, encode_labels, infer_label_names, read_table, split_train_val, tokenize, train_order
+from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
 from .errors import UserError
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
 from .model import build_model, load_tokenizer, save_adapter, trainable_state
@@ -118,9 +118,7 @@ def train(
     labels = encode_labels(table, label_names)
     if len(label_names) < 2:
         raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
-    train_idx, val_idx = split_train_val(labels, cfg.data.val_size, cfg.train.seed)
-    if cfg.data.max_train_samples and cfg.data.max_train_samples < len(train_idx):
-        train_idx = np.sort(np.random.default_rng(cfg.train.seed).permutation(train_idx)[: cfg.data.max_train_samples])
+    train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
     test = None
     if cfg.data.test:
         test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)
@@ -137,9 +135,9 @@ def train(
     pad_id = pad_id_of(tokenizer)
     texts = table.texts
     with accelerator.main_process_first():  # one process fills the cache, the others read it
-        ids_all = tokenize(texts, tokenizer, cfg.model.max_length)
-    train_ids = [ids_all[i] for i in train_idx]
-    val_ids = [ids_all[i] for i in val_idx]
+        # only the rows this run uses (a max_train_samples run tokenises its sample, not the file)
+        train_ids = tokenize([texts[i] for i in train_idx], tokenizer, cfg.model.max_length)
+        val_ids = tokenize([texts[i] for i in val_idx], tokenizer, cfg.model.max_length)
     y_train, y_val = labels[train_idx], labels[val_idx]
     lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length else None
 
@@ -166,6 +164,7 @@ def train(
     metric_key = {"val_loss": "loss", "accuracy": "accuracy", "macro_f1": "macro_f1"}[metric]
 
     step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
+    best_val_logits = None  # validation logits of the best checkpoint: the final report reuses them
     train_seconds, samples_seen, tokens_seen = 0.0, 0, 0
     if resume:
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -175,6 +174,7 @@ def train(
         step, best_value, best_step, bad_evals = state["step"], state["best_value"], state["best_step"], state["bad_evals"]
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
         tokens_seen = state["tokens_seen"]
+        best_val_logits = state.get("best_val_logits")
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         if main_process:
             _truncate_history(out / "metrics.jsonl", step)
@@ -230,7 +230,8 @@ def train(
         if step % eval_every == 0 or step == total_steps:
             train_loss = accelerator.reduce(running_loss, reduction="mean").item() / max(running_n, 1)
             train_seconds += time.perf_counter() - phase_start  # .item() waited for the device
-            val = quick_metrics(_logits(model, val_ids, cfg, pad_id, accelerator), y_val)
+            val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+            val = quick_metrics(val_logits, y_val)
             record = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
@@ -248,6 +249,7 @@ def train(
             if improved:
                 best_value, best_step, bad_evals = value, step, 0
                 best_state = {k: v.cpu() for k, v in trainable_state(model).items()}
+                best_val_logits = val_logits
             else:
                 bad_evals += 1
             patience = cfg.train.early_stopping_patience
@@ -262,6 +264,7 @@ def train(
                     "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
                     "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
                     "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
+                    "best_val_logits": best_val_logits,
                 })
             message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
                        f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "
@@ -277,7 +280,8 @@ def train(
     model.load_state_dict(best_state, strict=False)
     if main_process:
         save_adapter(model, out / "adapter", tokenizer)
-    val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+    if best_val_logits is None:  # a checkpoint from before best_val_logits was kept
+        best_val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
     result = {
         "recipe": cfg.recipe,
         "best_step": best_step,
@@ -295,7 +299,7 @@ def train(
         "wall_seconds": time.time() - t_start,
         "device": str(accelerator.device),
         "processes": world,
-        "val": full_metrics(val_logits, y_val, label_names, seed=cfg.train.seed),
+        "val": full_metrics(best_val_logits, y_val, label_names, seed=cfg.train.seed),
     }
     if test is not None:
         test_table, y_test = test
