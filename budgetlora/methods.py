@@ -121,6 +121,14 @@ def peft_config(a: AdapterConfig, targets: list[str], *, feedforward=(), modules
     raise ValueError(f"unknown adapter method {m!r}")  # config validation makes this a bug, not user input
 
 
+def finish(model) -> None:
+    """Fixes after get_peft_model: PEFT 0.21 leaves AdaLoRA's `ranknum` (the constant r it divides
+    the update by, never saved) trainable; trained, it would change the scaling and break reloads."""
+    for name, p in model.named_parameters():
+        if ".ranknum." in name:
+            p.requires_grad_(False)
+
+
 # ---------------------------------------------------------------- QLoRA
 
 
@@ -151,6 +159,29 @@ def keep_initial_adapter(model) -> None:
 
     state = get_peft_model_state_dict(model)
     model.budgetlora_initial_adapter = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+
+
+def save_pretrained(model, folder: Path) -> None:
+    """PEFT's save_pretrained, plus what two methods need to reload to the same logits:
+
+    PiSSA/OLoRA are converted to a plain LoRA on the original base (see `save_converted`);
+    AdaLoRA saves the ranks its masks leave *now* (read off lora_E), not the ranks of its last
+    allocation, which differ when the saved weights are an earlier (best) checkpoint.
+    """
+    if save_converted(model, folder):
+        return
+    if not _adalora(model):
+        model.save_pretrained(str(folder))
+        return
+    config = model.peft_config["default"]
+    allocated = config.rank_pattern
+    if allocated is not None:  # before the first allocation nothing is pruned: saved at full rank
+        config.rank_pattern = {n: (p != 0).view(-1).tolist() for n, p in model.base_model.model.named_parameters()
+                               if ".lora_E." in n}
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        config.rank_pattern = allocated
 
 
 def save_converted(model, folder: Path) -> bool:

@@ -414,6 +414,7 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
     original = {n: backbone.get_submodule(n).weight.detach().clone() for n in head.lora_targets} \
         if method in methods.CONVERTED_INIT and not meta else {}
     model = get_peft_model(backbone, peft_config(cfg, backbone, head, meta=meta, total_steps=total_steps))
+    methods.finish(model)
     if original:
         model.budgetlora_head_base = original
     if method in methods.CONVERTED_INIT and not meta:
@@ -454,8 +455,7 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
     Under head.type=standard_lora the frozen (randomly initialised) base weights of the LoRA'd
     head layers are added to adapter_model.safetensors, so that plain PEFT reload reproduces them.
     """
-    if not methods.save_converted(model, Path(folder)):  # PiSSA/OLoRA: saved as a plain LoRA
-        model.save_pretrained(str(folder))
+    methods.save_pretrained(model, Path(folder))  # PEFT's (PiSSA/OLoRA converted to plain LoRA)
     extra = head_lora_base_weights(model)
     if extra:
         from safetensors.torch import load_file, save_file
