@@ -69,8 +69,8 @@ def test_pooling_heads_refuse_an_unsupported_head(tmp_path):
     DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="head.type=linear is not supported for distilbert"):
         build_model(load_config(None, [f"model.name={tmp_path}", "head.type=linear"]), AG_NEWS, meta=True)
-    result = plan(load_config(None, [f"model.name={tmp_path}"]), AG_NEWS)
-    assert set(result.skipped) == {"linear", "mean"}
+    result = plan(load_config(None, [f"model.name={tmp_path}"]), AG_NEWS, method_names=["lora"])
+    assert set(result.skipped) == {"head linear", "head mean"}
 
 
 # ---------------------------------------------------------------- planner
@@ -78,7 +78,7 @@ def test_pooling_heads_refuse_an_unsupported_head(tmp_path):
 
 @pytest.fixture(scope="module")
 def roberta_plan():
-    return plan(roberta(), AG_NEWS, budget=1_000_000)
+    return plan(roberta(), AG_NEWS, budget=1_000_000, method_names=["lora"], layer_sets=[None])
 
 
 def test_plan_lists_every_head_and_role_with_its_largest_rank(roberta_plan):
