@@ -57,31 +57,43 @@ class Breakdown:
         return "\n".join(lines)
 
 
-def count(model, max_trainable: int | None = None) -> Breakdown:
-    """Exact trainable-parameter breakdown of a PEFT model.
+def _tuner_layers(model) -> dict[str, str]:
+    """Name of every PEFT tuner layer (a LoRA/LoHa/IA3/... wrapped module) -> its module path in the base model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    `head` is every trainable parameter inside the head modules (`model.head_modules`): the fully
-    trained head, and under head.type=standard_lora also the head's LoRA matrices (and a head
-    bias that adapter.bias makes trainable). `adapter` and `biases` are the encoder's.
+    return {name: name.removeprefix("base_model.model.") for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def count(model, max_trainable: int | None = None) -> Breakdown:
+    """Exact trainable-parameter breakdown of a PEFT model, for every adapter method.
+
+    `adapter` is every trainable parameter a PEFT tuner layer adds in the encoder (LoRA A/B,
+    DoRA magnitudes, LoHa/LoKr factors, AdaLoRA's E, VeRA's scaling vectors, IA3 vectors, BEFT
+    biases, LayerNorm copies), by module type. `head` is every trainable parameter inside the
+    head modules (`model.head_modules`): the fully trained head, and under head.type=standard_lora
+    also the adapter on the head's Linear (and a head bias that adapter.bias makes trainable).
+    `biases` are the encoder's biases that adapter.bias makes trainable. Frozen values a tuner
+    keeps (AdaLoRA's rank count; VeRA's projections are buffers, not parameters) are not counted.
     """
     by_module: dict[str, int] = defaultdict(int)
     adapted = set()
     head = biases = other = frozen = 0
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head_prefixes = tuple(head_modules(base))
+    tuners = _tuner_layers(model)
     for name, p in model.named_parameters():
         n = p.numel()
+        owner = next((t for t in _prefixes(name) if t in tuners), None)
+        in_adapter = owner is not None and not name.startswith(owner + ".base_layer.")
         if not p.requires_grad:
-            if ".modules_to_save." not in name and ".original_module." not in name:
+            if ".modules_to_save." not in name and ".original_module." not in name and not in_adapter:
                 frozen += n
             continue
         path = name.removeprefix("base_model.model.")
         if any(path.startswith(prefix + ".") for prefix in head_prefixes):
             head += n
-            continue
-        m = ADAPTER_RE.match(name)
-        if m:
-            module = m.group("module").removeprefix("base_model.model.")
+        elif in_adapter or ADAPTER_RE.match(name):
+            module = tuners[owner] if in_adapter else ADAPTER_RE.match(name).group("module").removeprefix("base_model.model.")
             by_module[module_type(module)] += n
             adapted.add(module)
         elif ".modules_to_save." in name:
@@ -104,6 +116,12 @@ def count(model, max_trainable: int | None = None) -> Breakdown:
         max_trainable=max_trainable,
         head_type=getattr(base, "budgetlora_head", None),
     )
+
+
+def _prefixes(name: str):
+    """"a.b.c.weight" -> "a.b.c", "a.b", "a" (longest first)."""
+    parts = name.split(".")
+    return (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
 
 
 def check(breakdown: Breakdown, max_trainable: int) -> None:

@@ -70,19 +70,20 @@ def _cmd_plan(args) -> int:
             print(json.dumps(filled.to_dict(), indent=2))
         else:
             r = filled.adapter.r
-            print(f"# largest adapter.r that fits {filled.budget.max_trainable:,}: r={r} -> "
+            print(f"# {filled.adapter.method}: largest adapter.r that fits {filled.budget.max_trainable:,}: r={r} -> "
                   f"{cost.trainable(r):,} trainable (r={r + 1} would be {cost.trainable(r + 1):,})")
             print(filled.to_yaml(), end="")
         return 0
     from .planner import plan
 
-    result = plan(cfg, label_names)
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    result = plan(cfg, label_names, method_names=chosen)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(result.table())
+        print(result.table(limit=args.limit))
     if not result.entries:
-        raise UserError(f"no head and target set fits budget.max_trainable={result.budget:,}, even at r=1")
+        raise UserError(f"no head, target set and method fits budget.max_trainable={result.budget:,}, even at r=1")
     return 0
 
 
@@ -173,13 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_params)
 
-    p = sub.add_parser("plan", help="which head x targets x rank fit the budget (no weights); --fill: largest r")
+    p = sub.add_parser("plan", help="which head x targets x method x rank fit the budget (no weights); --fill: largest r")
     _add_config_args(p)
     p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
     p.add_argument("--budget", type=int, help="trainable-parameter budget (sets budget.max_trainable)")
     p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
     p.add_argument("--fill", action="store_true",
                    help="print the config (recipe + --set) with the largest adapter.r that fits, as YAML")
+    p.add_argument("--methods", help="comma-separated adapter methods to plan (default: all but qlora)")
+    p.add_argument("--limit", type=int, default=40, help="table rows to show (0: all; --json lists all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_plan)
 

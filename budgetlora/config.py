@@ -21,6 +21,9 @@ import yaml
 from .errors import UserError
 
 TARGET_ROLES = ("attention", "attention_all", "ffn", "all_linear")
+# adapter.method: every one is a PEFT tuner, see budgetlora/methods.py and the README
+ADAPTER_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
+                   "bitfit", "layernorm")
 
 
 def _choice(*allowed: str) -> dict:
@@ -52,13 +55,23 @@ class DataConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = field(default="lora", metadata=_choice("lora"))
+    method: str = field(default="lora", metadata=_choice(*ADAPTER_METHODS))
     r: int = field(default=6, metadata={"min": 1})
     alpha: float = field(default=24.0, metadata={"min_exclusive": 0})
     dropout: float = field(default=0.1, metadata={"min": 0, "max": 0.99})
     # a role (attention, attention_all, ffn, all_linear) or a list of module names
     targets: Union[str, list[str]] = "attention"
     bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
+    # ---- layer selection, per-module ranks, method knobs (budgetlora/methods.py)
+    layers: list[int] | None = None  # adapt only these encoder layers (0-based, -1 = last); None: all
+    top_layers: int | None = field(default=None, metadata={"min": 1})  # adapt only the last k layers
+    rank_pattern: dict[str, int] | None = None  # module-name suffix or regex -> rank (PEFT's rank_pattern)
+    alpha_pattern: dict[str, float] | None = None  # module-name suffix or regex -> alpha (PEFT's alpha_pattern)
+    target_r: int | None = field(default=None, metadata={"min": 1})  # adalora: average rank kept (default r // 2)
+    tinit: float = field(default=0.1, metadata={"min": 0})  # adalora: warm-up steps before pruning (< 1: fraction)
+    tfinal: float = field(default=0.2, metadata={"min": 0})  # adalora: final steps at fixed ranks (< 1: fraction)
+    delta_t: int = field(default=1, metadata={"min": 1})  # adalora: steps between two rank allocations
+    orth_reg_weight: float = field(default=0.5, metadata={"min": 0})  # adalora: orthogonal regularisation
 
 
 HEAD_TYPES = ("standard", "standard_lora", "linear", "mean")
@@ -139,6 +152,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except UserError as e:
                 errors.append(e)
         raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:  # --set adapter.rank_pattern={query: 8}
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping such as {{query: 8}}, got {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, key) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):  # --set adapter.targets=query,value
@@ -238,12 +256,40 @@ def _check_whole(cfg: Config) -> Config:
             cfg.adapter.targets = [t.strip() for t in targets.split(",") if t.strip()]
     elif not targets:
         raise UserError(f"adapter.targets: empty; give a role ({', '.join(TARGET_ROLES)}) or module names")
+    _check_adapter(cfg.adapter)
     val = cfg.data.val_size
     if val >= 1 and not float(val).is_integer():
         raise UserError(f"data.val_size: {val} is neither a fraction below 1 nor a whole count of rows")
     if cfg.train.warmup >= 1 and not float(cfg.train.warmup).is_integer():
         raise UserError(f"train.warmup: {cfg.train.warmup} is neither a fraction below 1 nor a step count")
     return cfg
+
+
+RANK_FREE_METHODS = ("ia3", "bitfit", "layernorm")  # no adapter.r
+PATTERN_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "loha", "lokr")  # rank_/alpha_pattern
+BIAS_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "adalora", "vera")  # adapter.bias
+
+
+def _check_adapter(a: AdapterConfig) -> None:
+    """Adapter rules across fields: layer selection, patterns and bias only where the method has them."""
+    if a.layers is not None and a.top_layers is not None:
+        raise UserError("adapter.layers and adapter.top_layers both set; give one of them")
+    if a.layers is not None and not a.layers:
+        raise UserError("adapter.layers: empty; give layer indices such as [10, 11], or leave it unset for all layers")
+    for name in ("rank_pattern", "alpha_pattern"):
+        pattern = getattr(a, name)
+        if pattern and a.method not in PATTERN_METHODS:
+            raise UserError(f"adapter.{name} is not supported by adapter.method={a.method}; "
+                            f"use one of {', '.join(PATTERN_METHODS)} or drop it")
+        if pattern and any(v <= 0 for v in pattern.values()):
+            raise UserError(f"adapter.{name}: every value must be > 0, got {pattern}")
+    if a.bias != "none" and a.method not in BIAS_METHODS:
+        raise UserError(f"adapter.bias={a.bias} is not supported by adapter.method={a.method}; "
+                        f"set adapter.bias=none or use one of {', '.join(BIAS_METHODS)}")
+    for name in ("tinit", "tfinal"):
+        value = getattr(a, name)
+        if value >= 1 and not float(value).is_integer():
+            raise UserError(f"adapter.{name}: {value} is neither a fraction below 1 nor a step count")
 
 
 # ---------------------------------------------------------------- recipes and overrides

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import methods
 from .config import HEAD_TYPES, Config
 from .errors import UserError
 
@@ -93,11 +94,12 @@ def load_tokenizer(name: str):
         raise _model_error(name, e) from None
 
 
-def load_backbone(name: str, label_names: list[str], *, meta: bool = False) -> nn.Module:
+def load_backbone(name: str, label_names: list[str], *, meta: bool = False, quantization=None) -> nn.Module:
     """An AutoModelForSequenceClassification for len(label_names) classes.
 
     meta=True builds it from config.json alone on the meta device (no weights read or
     downloaded): shapes, names and parameter counts are exact, values do not exist.
+    `quantization`: a transformers quantization config (QLoRA's 4-bit base).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -115,8 +117,9 @@ def load_backbone(name: str, label_names: list[str], *, meta: bool = False) -> n
                 return AutoModelForSequenceClassification.from_config(config)
         # ignore_mismatched_sizes: a checkpoint that already has a head for another number of
         # classes gets a fresh head of the right shape, as for a bare encoder
+        extra = {"quantization_config": quantization} if quantization is not None else {}
         return AutoModelForSequenceClassification.from_pretrained(
-            name, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
+            name, config=config, dtype=torch.float32, ignore_mismatched_sizes=True, **extra
         )
     except Exception as e:
         raise _model_error(name, e) from None
@@ -178,6 +181,54 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
             )
         chosen.update(hits)
     return sorted(chosen, key=_natural)
+
+
+def select_layers(model: nn.Module, names: list[str], layers=None, top_layers=None) -> list[str]:
+    """Keep the names inside the chosen encoder layers (adapter.layers / adapter.top_layers)."""
+    if layers is None and top_layers is None:
+        return names
+    n = model.config.num_hidden_layers
+    if top_layers is not None:
+        if top_layers > n:
+            raise UserError(f"adapter.top_layers={top_layers} but this model has {n} layers; give at most {n}")
+        chosen = set(range(n - top_layers, n))
+    else:
+        bad = [i for i in layers if not -n <= i < n]
+        if bad:
+            raise UserError(f"adapter.layers: {bad} out of range for a model with {n} layers (0..{n - 1}, or -1 for the last)")
+        chosen = {i % n for i in layers}
+    kept = []
+    for name in names:
+        m = LAYER_RE.match(name)
+        if m and int(m.group("index")) in chosen:
+            kept.append(name)
+    if not kept:
+        raise UserError(f"adapter.layers/top_layers select no adapted module among {len(names)}; check the layer indices")
+    return kept
+
+
+def encoder_layernorms(model: nn.Module, layers=None, top_layers=None) -> list[str]:
+    """LayerNorms of the encoder (adapter.method=layernorm): those in the chosen layers, plus the
+    embeddings' LayerNorm when all layers are chosen. The head's own are never included."""
+    heads = head_modules(model)
+    norms = [n for n, m in model.named_modules()
+             if isinstance(m, nn.LayerNorm) and not any(n == h or n.startswith(h + ".") for h in heads)]
+    in_layers = [n for n in norms if LAYER_RE.match(n)]
+    if layers is None and top_layers is None:
+        return sorted(norms, key=_natural)
+    return sorted(select_layers(model, in_layers, layers, top_layers), key=_natural)
+
+
+def adapter_targets(model: nn.Module, a, head: "HeadSpec") -> tuple[list[str], set[str]]:
+    """(full names of the modules the adapter goes on, those among them that are FFN Linears)."""
+    if a.method == "layernorm":
+        if head.lora_targets:
+            raise UserError("head.type=standard_lora puts the adapter on the head's Linear, and adapter.method=layernorm "
+                            "adapts LayerNorms only; use head.type=standard, linear or mean")
+        return encoder_layernorms(model, a.layers, a.top_layers), set()
+    encoder = select_layers(model, resolve_targets(model, a.targets), a.layers, a.top_layers)
+    roles = encoder_linears(model)
+    return encoder + list(head.lora_targets), {n for n in encoder if roles.get(n) == "ffn"}
 
 
 def _layer_module_types(linears: dict[str, str]) -> list[str]:
@@ -330,32 +381,45 @@ def prepare_head(model: nn.Module, head_type: str = "standard") -> HeadSpec:
 # ---------------------------------------------------------------- building
 
 
-def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None):
-    """LoraConfig for `model`; `head` is what `prepare_head` returned (default: the standard head)."""
-    from peft import LoraConfig, TaskType
-
-    a = cfg.adapter
+def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, meta: bool = False,
+                total_steps: int | None = None):
+    """The PEFT config of cfg.adapter.method for `model` (budgetlora/methods.py); `head` is what
+    `prepare_head` returned (default: the standard head)."""
     if head is None:
         head = HeadSpec("standard", modules_to_save=head_modules(model))
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS if head.seq_cls else None,
-        r=a.r,
-        lora_alpha=a.alpha,
-        lora_dropout=a.dropout,
-        target_modules=resolve_targets(model, a.targets) + list(head.lora_targets),
-        bias=a.bias,
-        modules_to_save=list(head.modules_to_save),
-    )
+    targets, ffn = adapter_targets(model, cfg.adapter, head)
+    return methods.peft_config(cfg.adapter, targets, feedforward=ffn, modules_to_save=head.modules_to_save,
+                               seq_cls=head.seq_cls, meta=meta, total_steps=total_steps)
 
 
-def build_model(cfg: Config, label_names: list[str], *, meta: bool = False):
-    """The budgeted PEFT model: frozen encoder + adapter + trainable head (cfg.head.type)."""
+def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, total_steps: int | None = None):
+    """The budgeted PEFT model: frozen encoder + adapter + trainable head (cfg.head.type).
+
+    total_steps: the training length (AdaLoRA schedules its rank allocation over it).
+    """
     from peft import get_peft_model
 
+    method = cfg.adapter.method
     torch.manual_seed(cfg.train.seed)  # the head's initial weights
-    backbone = load_backbone(cfg.model.name, label_names, meta=meta)
+    quantization = None
+    if method == "qlora" and not meta:
+        quantization = methods.qlora_quantization(skip_modules=["classifier", "score", "pooler"])
+    backbone = load_backbone(cfg.model.name, label_names, meta=meta, quantization=quantization)
     head = prepare_head(backbone, cfg.head.type)
-    return get_peft_model(backbone, peft_config(cfg, backbone, head))
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    # PiSSA/OLoRA rewrite the base weights: keep the head's original ones for save_adapter
+    original = {n: backbone.get_submodule(n).weight.detach().clone() for n in head.lora_targets} \
+        if method in methods.CONVERTED_INIT and not meta else {}
+    model = get_peft_model(backbone, peft_config(cfg, backbone, head, meta=meta, total_steps=total_steps))
+    methods.finish(model)
+    if original:
+        model.budgetlora_head_base = original
+    if method in methods.CONVERTED_INIT and not meta:
+        methods.keep_initial_adapter(model)
+    return model
 
 
 # ---------------------------------------------------------------- saving and loading a run
@@ -368,16 +432,20 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def head_lora_base_weights(model) -> dict[str, torch.Tensor]:
     """Frozen base weights of the head layers that carry a LoRA (head.type=standard_lora), keyed as
     PEFT keys a targeted layer's base weight (`base_model.model.classifier.dense.base_layer.weight`)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     prefixes = head_modules(base)
+    original = getattr(model, "budgetlora_head_base", {})  # PiSSA/OLoRA: the weight before the init rewrote it
     out = {}
     for name, module in model.named_modules():
-        if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
+        if not (isinstance(module, BaseTunerLayer) and hasattr(module, "base_layer")):
             continue
         path = name.removeprefix("base_model.model.")
         if any(path == p or path.startswith(p + ".") for p in prefixes):
             for pname, p in module.base_layer.named_parameters():
-                out[f"{name}.base_layer.{pname}"] = p.detach().to("cpu").contiguous().clone()
+                value = original[path] if pname == "weight" and path in original else p
+                out[f"{name}.base_layer.{pname}"] = value.detach().to("cpu").contiguous().clone()
     return out
 
 
@@ -387,7 +455,7 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
     Under head.type=standard_lora the frozen (randomly initialised) base weights of the LoRA'd
     head layers are added to adapter_model.safetensors, so that plain PEFT reload reproduces them.
     """
-    model.save_pretrained(str(folder))
+    methods.save_pretrained(model, Path(folder))  # PEFT's (PiSSA/OLoRA converted to plain LoRA)
     extra = head_lora_base_weights(model)
     if extra:
         from safetensors.torch import load_file, save_file
@@ -398,6 +466,19 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
         save_file(tensors, str(path), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+
+
+def merge_and_unload(model) -> nn.Module:
+    """PEFT's merge_and_unload, with the trained head copies (modules_to_save) put in place first:
+    PEFT's generic unload (LoHa, LoKr, VeRA, IA3, BEFT) fails on a head module without a `weight`
+    of its own (RoBERTa's classifier, the pooling heads); LoRA's own unload does the same swap."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+    return model.merge_and_unload()
 
 
 def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool = True):
@@ -419,11 +500,14 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
     if model_name:
         cfg.model.name = model_name
     label_names = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
-    backbone = load_backbone(cfg.model.name, label_names)
+    quantization = None
+    if cfg.adapter.method == "qlora":  # the 4-bit base it was trained on; not merged (requantising rounds)
+        quantization, merge = methods.qlora_quantization(skip_modules=["classifier", "score", "pooler"]), False
+    backbone = load_backbone(cfg.model.name, label_names, quantization=quantization)
     prepare_head(backbone, cfg.head.type)  # linear/mean: the pooling head plain PEFT cannot rebuild
     model = PeftModel.from_pretrained(backbone, str(adapter))
     if merge:
-        model = model.merge_and_unload()
+        model = merge_and_unload(model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict on the GPU when there is one
     model.eval()
     tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else (cfg.model.tokenizer or cfg.model.name))

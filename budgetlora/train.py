@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget
+from . import budget, methods
 from .config import Config, load_config
 from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
 from .errors import UserError
@@ -126,7 +126,9 @@ def train(
 
     # ---- model and budget: refused here, before anything is written
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    model = build_model(cfg, label_names)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.train.batch_size)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    model = build_model(cfg, label_names, total_steps=total_steps)  # AdaLoRA schedules over total_steps
     breakdown = budget.count(model, cfg.budget.max_trainable)
     log(f"trainable parameters ({cfg.model.name}, {cfg.adapter.method} r={cfg.adapter.r}):\n{breakdown.table()}")
     budget.check(breakdown, cfg.budget.max_trainable)
@@ -156,8 +158,6 @@ def train(
     # ---- optimisation (data-parallel over processes when launched with `accelerate launch`)
     model.to(accelerator.device)
     optimizer = _optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.train.batch_size)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     eval_every = cfg.train.eval_every or steps_per_epoch
     metric = cfg.train.metric
@@ -175,6 +175,7 @@ def train(
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
         tokens_seen = state["tokens_seen"]
         best_val_logits = state.get("best_val_logits")
+        methods.load_trainer_state(model, state.get("method"))
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         if main_process:
             _truncate_history(out / "metrics.jsonl", step)
@@ -210,11 +211,13 @@ def train(
         with accelerator.autocast():
             logits = parallel_model(**batch.model_inputs(accelerator.device)).logits
         loss = F.cross_entropy(logits.float(), batch.labels.to(accelerator.device), reduction="sum") * weight
-        accelerator.backward(loss)
+        extra = methods.extra_loss(model)  # AdaLoRA's orthogonal regularisation; None for other methods
+        accelerator.backward(loss if extra is None else loss + extra)
         if cfg.train.max_grad_norm:
             accelerator.clip_grad_norm_(parallel_model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
+        methods.after_step(model, step)  # AdaLoRA's rank allocation: needs this step's gradients
         optimizer.zero_grad(set_to_none=True)
         running_loss = running_loss + loss.detach()  # stays on the device: no sync per step
         running_n += 1
@@ -265,6 +268,7 @@ def train(
                     "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
                     "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
                     "best_val_logits": best_val_logits,
+                    "method": methods.trainer_state(model),
                 })
             message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
                        f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "

@@ -11,7 +11,7 @@ from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.errors import UserError
 from budgetlora.model import build_model, load_run, prepare_head, save_adapter
-from budgetlora.planner import config_cost, fill, plan
+from budgetlora.planner import DEFAULT_METHODS, config_cost, fill, plan
 
 from .conftest import ROBERTA_BASE, tiny_config
 
@@ -69,8 +69,8 @@ def test_pooling_heads_refuse_an_unsupported_head(tmp_path):
     DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="head.type=linear is not supported for distilbert"):
         build_model(load_config(None, [f"model.name={tmp_path}", "head.type=linear"]), AG_NEWS, meta=True)
-    result = plan(load_config(None, [f"model.name={tmp_path}"]), AG_NEWS)
-    assert set(result.skipped) == {"linear", "mean"}
+    result = plan(load_config(None, [f"model.name={tmp_path}"]), AG_NEWS, method_names=["lora"])
+    assert set(result.skipped) == {"head linear", "head mean"}
 
 
 # ---------------------------------------------------------------- planner
@@ -78,7 +78,7 @@ def test_pooling_heads_refuse_an_unsupported_head(tmp_path):
 
 @pytest.fixture(scope="module")
 def roberta_plan():
-    return plan(roberta(), AG_NEWS, budget=1_000_000)
+    return plan(roberta(), AG_NEWS, budget=1_000_000, method_names=["lora"], layer_sets=[None])
 
 
 def test_plan_lists_every_head_and_role_with_its_largest_rank(roberta_plan):
@@ -226,3 +226,64 @@ def test_linear_head_learns_the_synthetic_task_and_reloads(tiny_model_dir, synth
         expected = by_hand(**_batch()).logits
         assert torch.equal(unmerged(**_batch()).logits, expected)
         torch.testing.assert_close(merged(**_batch()).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- planner x adapter methods
+
+
+@pytest.fixture(scope="module")
+def methods_plan():
+    return plan(roberta(), AG_NEWS, budget=1_000_000, heads=("standard_lora", "linear"))
+
+
+@pytest.mark.parametrize("method, head, targets, top", [
+    ("dora", "linear", "attention", None), ("loha", "standard_lora", "attention_all", 6),
+    ("lokr", "standard_lora", "all_linear", None), ("adalora", "linear", "ffn", 3),
+    ("vera", "standard_lora", "attention", 6), ("rslora", "linear", "all_linear", 3),
+    ("ia3", "standard_lora", "all_linear", None), ("bitfit", "linear", "attention_all", 6),
+    ("layernorm", "linear", "layernorm", 3), ("pissa", "standard_lora", "ffn", 6),
+])
+def test_plan_entries_of_every_method_agree_with_built_models(methods_plan, method, head, targets, top):
+    e = next(e for e in methods_plan.entries
+             if (e.method, e.head, e.targets, e.top_layers) == (method, head, targets, top))
+    sets = [f"head.type={head}", f"adapter.method={method}"] + ([f"adapter.top_layers={top}"] if top else [])
+    if method != "layernorm":
+        sets.append(f"adapter.targets={targets}")
+    at_r = built(roberta(*sets, f"adapter.r={e.r or 1}"))
+    assert at_r.trainable == e.trainable <= 1_000_000 and at_r.head == e.head_params
+    assert at_r.adapted_modules == e.modules
+    if e.r is not None and not e.capped:
+        assert built(roberta(*sets, f"adapter.r={e.r + 1}")).trainable > 1_000_000
+
+
+def test_plan_covers_every_method_and_layer_choice(methods_plan):
+    assert {e.method for e in methods_plan.entries} == set(DEFAULT_METHODS)
+    assert {e.top_layers for e in methods_plan.entries} == {None, 6, 3}
+    assert [e for e in methods_plan.entries if e.method == "ia3"][0].r is None  # rank-free
+    best = methods_plan.entries[methods_plan.recommended]
+    assert (best.method, best.head, best.targets, best.r) == ("lora", "standard_lora", "attention_all", 13)
+
+
+@pytest.mark.parametrize("method", ["dora", "loha", "lokr", "adalora", "vera"])
+def test_fill_works_for_every_rank_based_method(method):
+    cfg = roberta("head.type=linear", f"adapter.method={method}", "adapter.targets=attention", "adapter.top_layers=6")
+    filled, cost = fill(cfg, AG_NEWS, budget=300_000)
+    r = filled.adapter.r
+    assert built(filled).trainable == cost.trainable(r) <= 300_000
+    if r < cost.rank_cap:
+        assert built(roberta("head.type=linear", f"adapter.method={method}", "adapter.targets=attention",
+                             "adapter.top_layers=6", f"adapter.r={r + 1}")).trainable > 300_000
+
+
+def test_fill_refuses_a_rank_free_method():
+    with pytest.raises(UserError, match="no rank to fill"):
+        fill(roberta("adapter.method=ia3"), AG_NEWS)
+
+
+def test_plan_cli_methods_filter_and_json(capsys):
+    assert main(["plan", "--model", str(ROBERTA_BASE), "--methods", "vera,ia3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {e["method"] for e in out["entries"]} == {"vera", "ia3"}
+    assert {"method", "head", "targets", "top_layers", "modules", "r", "capped", "trainable", "head_params",
+            "left"} <= set(out["entries"][0])
+    assert main(["plan", "--model", str(ROBERTA_BASE), "--methods", "nope"]) == 2
