@@ -36,7 +36,7 @@ CLEAN_STEPS = ("html", "tags", "urls", "escapes", "punctuation", "stopwords", "l
 PRESETS = {"standard": ("html", "tags", "urls", "escapes", "whitespace"), "none": ()}
 
 # an entity whose "&" was stripped: "#39;", "quot;", "nbsp;" not already preceded by "&"
-_BROKEN_ENTITY = re.compile(r"(?<![&\w])(#\d{1,6}|#x[0-9a-fA-F]{1,6}|quot|amp|lt|gt|nbsp|apos|hellip|mdash|ndash);")
+_BROKEN_ENTITY = re.compile(r"(?<![&\w])(?<!&amp;)(#\d{1,6}|#x[0-9a-fA-F]{1,6}|quot|amp|lt|gt|nbsp|apos|hellip|mdash|ndash);")
 # the lost "&" became a space: "nation #39;s" was "nation&#39;s", "said, quot; He" was "said,&quot; He"
 _SPACED_APOSTROPHE = re.compile(r"\s(#39|#146|#8217);(?=(?:s|t|d|m|ll|re|ve)\b)")
 _SPACED_CLOSING = re.compile(r"\s(quot|#39|#148|#8221);(?=\s|[.,;:!?)]|$)")
