@@ -264,7 +264,7 @@ def finetune_lm(model, tokenizer, texts: list[str], *, steps: int, batch_size: i
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == steps:
+        if step == 0 or (step + 1) % 50 == 0 or step + 1 == steps:
             log(f"language model step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}")
     model.eval()
     return losses

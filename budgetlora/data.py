@@ -314,7 +314,9 @@ def tokenize(texts: list[str], tokenizer, max_length: int, use_cache: bool = Tru
     if use_cache:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        kwargs.update(cache_file_name=str(folder / f"{_fingerprint(texts, tokenizer, max_length)}.arrow"))
+        fingerprint = _fingerprint(texts, tokenizer, max_length)
+        # new_fingerprint: datasets would otherwise hash `encode` by pickling the whole tokenizer
+        kwargs.update(cache_file_name=str(folder / f"{fingerprint}.arrow"), new_fingerprint=fingerprint)
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:

@@ -37,13 +37,12 @@ def test_synonym_replacement(nltk_data):
 
 def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_data, tmp_path, tiny_model_dir):
     from budgetlora import train
-    from budgetlora.data import read_table, split_train_val, encode_labels
+    from budgetlora.augment import synonyms_file
+    from budgetlora.data import encode_labels, read_table, split_train_val
 
     frame = synthetic_frame(n=120, seed=5)
     frame.to_csv(tmp_path / "train.csv", index=False)
-    result = run_cli("augment", "synonyms", tmp_path / "train.csv", tmp_path / "aug.csv", "--rate", "0.3",
-                     "--copies", "2", "--protect", "goal")
-    assert result.returncode == 0, result.stderr
+    synonyms_file(str(tmp_path / "train.csv"), tmp_path / "aug.csv", rate=0.3, copies=2, protect=["goal"])
     aug = pd.read_csv(tmp_path / "aug.csv")
     assert list(aug.columns) == ["text", "label", "source"]
     assert 120 < len(aug) <= 240 and set(aug["source"]) <= set(frame["text"])
@@ -51,7 +50,8 @@ def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_dat
     by_text = dict(zip(frame["text"], frame["label"]))
     assert all(by_text[s] == label for s, label in zip(aug["source"], aug["label"]))
     assert all(("goal" in s.split()) <= ("goal" in t.split()) for s, t in zip(aug["source"], aug["text"]))
-    assert run_cli("augment", "synonyms", tmp_path / "train.csv", tmp_path / "aug.csv").returncode == 2  # no overwrite
+    with pytest.raises(UserError, match="already exists"):
+        synonyms_file(str(tmp_path / "train.csv"), tmp_path / "aug.csv")
 
     cfg = tiny_config(tiny_model_dir, tmp_path / "train.csv", f"data.extra_train=[{tmp_path / 'aug.csv'}]",
                       "data.synonym_rate=0.2", "data.synonym_copies=1", "train.max_steps=2", "train.eval_every=2",
@@ -104,7 +104,7 @@ def test_generate_end_to_end(tmp_path, tiny_gpt2_dir, tiny_model_dir):
                                            "tech: [software]\nworld: [the president]\n", encoding="utf-8")
     messages = []
     frame = generate_file(str(tmp_path / "train.csv"), str(tmp_path / "unlabelled.csv"), tmp_path / "gen.csv",
-                          model=str(tiny_gpt2_dir), prompts=str(tmp_path / "prompts.yaml"), per_class=6, steps=30,
+                          model=str(tiny_gpt2_dir), prompts=str(tmp_path / "prompts.yaml"), per_class=6, steps=15,
                           lr=1e-3, max_length=32, seed=0, save_model=tmp_path / "lm", log=messages.append)
     written = pd.read_csv(tmp_path / "gen.csv", keep_default_na=False)
     assert list(written.columns) == ["text", "label"] and len(written) == 24
