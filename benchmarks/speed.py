@@ -2,7 +2,7 @@
 """Speed benchmark: budgetlora against Hugging Face Trainer + PEFT, in one process.
 
 Every pipeline gets the same model, the same data file, the same stratified train/validation
-split (budgetlora's own `split_train_val`, same seed and val_size, same `max_train_samples`
+split (budgetlora's own `train_val_indices`, same seed and val_size, same `max_train_samples`
 subsampling) and the same recipe: LoRA r=6, alpha=24, dropout 0.1 on the attention q,k,v
 projections, the model's standard classification head trained fully, AdamW lr 2e-4, weight
 decay 0.01, linear schedule with 10% warmup, gradient clipping 1.0, max length 256.
@@ -413,16 +413,13 @@ def load_split(args, model_path: str, seed: int) -> dict:
     """The exact rows budgetlora.train trains and validates on (same functions, same logic)."""
     import numpy as np
 
-    from budgetlora.data import encode_labels, infer_label_names, read_table, split_train_val
+    from budgetlora.data import encode_labels, infer_label_names, read_table, train_val_indices
 
     cfg = budgetlora_config(parse_spec("budgetlora"), args, model_path, seed, None)
     table = read_table(cfg.data.train, cfg.data, split="train")
     label_names = infer_label_names(table, cfg.data.label_names)
     labels = encode_labels(table, label_names)
-    train_idx, val_idx = split_train_val(labels, cfg.data.val_size, cfg.train.seed)
-    # as budgetlora.train does it:
-    if cfg.data.max_train_samples and cfg.data.max_train_samples < len(train_idx):
-        train_idx = np.sort(np.random.default_rng(cfg.train.seed).permutation(train_idx)[: cfg.data.max_train_samples])
+    train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
     return {
         "label_names": label_names,
         "train_texts": [table.texts[i] for i in train_idx],

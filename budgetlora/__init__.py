@@ -11,6 +11,7 @@ with `cli` a thin layer over them. In a notebook:
 
 from .budget import Breakdown, count, plan_from_config
 from .config import Config, load_config, recipe_names
+from .data import train_val_indices
 from .errors import UserError
 from .evaluate import evaluate_run
 from .model import build_model, load_run
@@ -35,4 +36,5 @@ __all__ = [
     "predict_file",
     "recipe_names",
     "train",
+    "train_val_indices",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -171,6 +172,26 @@ def _cmd_augment_generate(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import load_spec, parse_grid_flag, run_sweep
+
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds {args.seeds!r}: expected integers, e.g. --seeds 1,2,3") from None
+    spec = load_spec(args.spec, recipe=args.recipe, set=args.overrides, grid=dict(map(parse_grid_flag, args.grid)),
+                     seeds=seeds, metric=args.metric, search=args.search, n_trials=args.n_trials, storage=args.storage)
+    summary = run_sweep(spec, args.out)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+    failed = summary[summary["status"] == "failed"] if "status" in summary else summary.iloc[:0]
+    if len(failed):
+        print(f"budgetlora: {len(failed)} trial(s) failed: {', '.join(failed['trial'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -224,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="budgetlora-quickstart", help="folder for the run and predictions")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("sweep", help="several configs x seeds, one run each, one results table (resumable)")
+    p.add_argument("spec", nargs="?", help="sweep YAML (recipe, set, trials, grid, seeds, metric, search, ...)")
+    p.add_argument("--out", required=True, help="sweep folder (rerun the same sweep to continue it)")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis, e.g. --grid adapter.r=4,8 (repeatable; axes are crossed)")
+    p.add_argument("--seeds", help="comma-separated seeds, each trial runs once per seed (default 42)")
+    p.add_argument("--metric", help="sort key: val_accuracy (default), val_macro_f1, val_loss, test_accuracy, ...")
+    p.add_argument("--search", choices=["grid", "random", "optuna"], help="grid (default), random or optuna")
+    p.add_argument("--n-trials", type=int, help="trials for random/optuna search")
+    p.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///study.db) shared by several machines")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=_cmd_recipes)

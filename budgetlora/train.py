@@ -31,7 +31,7 @@ from . import budget
 from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
-from .data import collate, encode_labels, infer_label_names, read_table, split_train_val, tokenize, train_order
+from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
@@ -121,9 +121,7 @@ def train(
     labels = encode_labels(table, label_names)
     if len(label_names) < 2:
         raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
-    train_idx, val_idx = split_train_val(labels, cfg.data.val_size, cfg.train.seed)
-    if cfg.data.max_train_samples and cfg.data.max_train_samples < len(train_idx):
-        train_idx = np.sort(np.random.default_rng(cfg.train.seed).permutation(train_idx)[: cfg.data.max_train_samples])
+    train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
     test = None
     if cfg.data.test:
         test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)
@@ -140,18 +138,19 @@ def train(
     pad_id = pad_id_of(tokenizer)
     texts = table.texts
     with accelerator.main_process_first():  # one process fills the cache, the others read it
-        ids_all = tokenize(texts, tokenizer, cfg.model.max_length)
         if cfg.data.length_filter:  # training rows only, by untruncated token length
             full = np.array([len(t) for t in tokenize([texts[i] for i in train_idx], tokenizer, 1_000_000)])
             keep = length_filter(full, cfg.data.length_filter)
             log(f"length filter {cfg.data.length_filter}: {int((~keep).sum())} of {len(keep)} training rows dropped")
             train_idx = train_idx[keep]
+        # only the rows this run uses (a max_train_samples run tokenises its sample, not the file)
+        train_ids = tokenize([texts[i] for i in train_idx], tokenizer, cfg.model.max_length)
+        val_ids = tokenize([texts[i] for i in val_idx], tokenizer, cfg.model.max_length)
     # augmentation (data.extra_train files, data.synonym_rate): appended to the training rows only
     extra_texts, extra_labels = training_extras(cfg, texts, labels, train_idx, val_idx, label_names,
                                                 trust_pickle=trust_pickle, log=log)
-    train_ids = [ids_all[i] for i in train_idx] + (tokenize(extra_texts, tokenizer, cfg.model.max_length)
-                                                   if extra_texts else [])
-    val_ids = [ids_all[i] for i in val_idx]
+    if extra_texts:
+        train_ids = train_ids + tokenize(extra_texts, tokenizer, cfg.model.max_length)
     y_train, y_val = np.concatenate([labels[train_idx], extra_labels]), labels[val_idx]
     teacher = None  # distillation: the teacher's logits for every training row, computed once
     if cfg.distill.teacher:
@@ -184,6 +183,7 @@ def train(
     metric_key = {"val_loss": "loss", "accuracy": "accuracy", "macro_f1": "macro_f1"}[metric]
 
     step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
+    best_val_logits = None  # validation logits of the best checkpoint: the final report reuses them
     train_seconds, samples_seen, tokens_seen = 0.0, 0, 0
     if resume:
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -193,6 +193,7 @@ def train(
         step, best_value, best_step, bad_evals = state["step"], state["best_value"], state["best_step"], state["bad_evals"]
         best_state, train_seconds, samples_seen = state["best_state"], state["train_seconds"], state["samples_seen"]
         tokens_seen = state["tokens_seen"]
+        best_val_logits = state.get("best_val_logits")
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         if main_process:
             _truncate_history(out / "metrics.jsonl", step)
@@ -253,7 +254,8 @@ def train(
         if step % eval_every == 0 or step == total_steps:
             train_loss = accelerator.reduce(running_loss, reduction="mean").item() / max(running_n, 1)
             train_seconds += time.perf_counter() - phase_start  # .item() waited for the device
-            val = quick_metrics(_logits(model, val_ids, cfg, pad_id, accelerator), y_val)
+            val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+            val = quick_metrics(val_logits, y_val)
             record = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
@@ -271,6 +273,7 @@ def train(
             if improved:
                 best_value, best_step, bad_evals = value, step, 0
                 best_state = {k: v.cpu() for k, v in trainable_state(model).items()}
+                best_val_logits = val_logits
             else:
                 bad_evals += 1
             patience = cfg.train.early_stopping_patience
@@ -285,6 +288,7 @@ def train(
                     "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
                     "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
                     "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
+                    "best_val_logits": best_val_logits,
                 })
             message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
                        f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "
@@ -300,7 +304,8 @@ def train(
     model.load_state_dict(best_state, strict=False)
     if main_process:
         save_adapter(model, out / "adapter", tokenizer)
-    val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+    if best_val_logits is None:  # a checkpoint from before best_val_logits was kept
+        best_val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
     result = {
         "recipe": cfg.recipe,
         "best_step": best_step,
@@ -319,7 +324,7 @@ def train(
         "wall_seconds": time.time() - t_start,
         "device": str(accelerator.device),
         "processes": world,
-        "val": full_metrics(val_logits, y_val, label_names, seed=cfg.train.seed),
+        "val": full_metrics(best_val_logits, y_val, label_names, seed=cfg.train.seed),
     }
     if test is not None:
         test_table, y_test = test

@@ -107,3 +107,29 @@ def test_over_budget_is_refused_before_anything_is_written(tiny_model_dir, synth
     with pytest.raises(UserError, match="over budget"):
         train(cfg, tmp_path / "run", **quiet)
     assert not (tmp_path / "run").exists()
+
+
+def test_final_val_metrics_are_the_saved_adapter_on_the_exact_val_rows(trained_run, tmp_path):
+    """metrics.json reuses the best evaluation's logits; they must be what the saved adapter
+    gives on the rows `train_val_indices` names (the public split helper)."""
+    import numpy as np
+
+    from budgetlora.config import load_config
+    from budgetlora.data import encode_labels, read_table, train_val_indices
+    from budgetlora.evaluate import evaluate_run
+
+    out, metrics = trained_run
+    cfg = load_config(out / "config.yaml")
+    table = read_table(cfg.data.train, cfg.data, split="train")
+    labels = encode_labels(table, json.loads((out / "labels.json").read_text()))
+    train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
+    assert len(val_idx) == metrics["val_rows"] and len(train_idx) == metrics["train_rows"]
+    assert not set(train_idx) & set(val_idx)
+    val_csv = tmp_path / "val.csv"
+    import pandas as pd
+
+    pd.DataFrame({"text": [table.texts[i] for i in val_idx], "label": [table.labels[i] for i in val_idx]}).to_csv(
+        val_csv, index=False)
+    again = evaluate_run(out, str(val_csv))
+    assert again["accuracy"] == metrics["val"]["accuracy"]
+    assert np.isclose(again["loss"], metrics["val"]["loss"], rtol=1e-5)
