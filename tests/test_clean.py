@@ -135,7 +135,8 @@ def test_data_inspect(tmp_path, tokenizer_dir):
     assert report["cleaning"]["examples"][1]["after"] == "Team wins cup"
     from transformers import AutoTokenizer
 
-    shortest = len(AutoTokenizer.from_pretrained(str(tokenizer_dir))("Stocks' rally")["input_ids"])
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    shortest = min(len(tok(t)["input_ids"]) for t in ["Stocks' rally", "Team wins cup", "plain words here ok"])
     assert report["tokens"]["min"] == shortest  # counted after cleaning, special tokens included
     text = run_cli("data", "inspect", path, "--model", tokenizer_dir)
     assert "before: Team wins &lt;b&gt;cup&lt;/b&gt;" in text.stdout and "money" in text.stdout
