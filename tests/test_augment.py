@@ -127,6 +127,7 @@ def test_generate_end_to_end(tmp_path, tiny_gpt2_dir, tiny_model_dir):
     assert metrics["train_rows_extra"] == 24 and metrics["train_rows"] == 64 + 24 and metrics["val_rows"] == 16
 
 
+@pytest.mark.slow
 def test_generated_lengths_follow_the_training_lengths(tiny_gpt2_dir):
     from budgetlora.augment import generate_for_class, load_causal_lm
 
