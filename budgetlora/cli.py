@@ -135,6 +135,44 @@ def _cmd_recipes(args) -> int:
     return 0
 
 
+def _cmd_data_inspect(args) -> int:
+    from .config import load_config
+    from .inspect_data import format_report, inspect_file
+
+    overrides = list(args.overrides) + ([f"model.tokenizer={args.model}"] if args.model else [])
+    report = inspect_file(args.file, load_config(args.recipe, overrides), examples=args.examples,
+                          trust_pickle=args.trust_pickle)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_augment_synonyms(args) -> int:
+    from .augment import synonyms_file
+    from .config import load_config
+
+    protect = [w.strip() for w in (args.protect or "").split(",") if w.strip()]
+    frame = synonyms_file(args.input, args.output, load_config(None, args.overrides).data, rate=args.rate,
+                          copies=args.copies, protect=protect, seed=args.seed, overwrite=args.overwrite,
+                          trust_pickle=args.trust_pickle)
+    print(f"wrote {len(frame)} augmented rows to {args.output} (append with --set data.extra_train={args.output})")
+    return 0
+
+
+def _cmd_augment_generate(args) -> int:
+    from .augment import generate_file
+    from .config import load_config
+
+    generate_file(
+        args.train, args.unlabelled, args.out, model=args.model, prompts=args.prompts, per_class=args.per_class,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        classifier=args.classifier, min_confidence=args.min_confidence, seed=args.seed,
+        data_cfg=load_config(None, args.overrides).data, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
+        save_model=args.save_model,
+    )
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from .sweep import load_spec, parse_grid_flag, run_sweep
 
@@ -226,6 +264,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=_cmd_recipes)
+
+    data_sub = sub.add_parser("data", help="look at a data file").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser)
+    p = data_sub.add_parser("inspect", help="class balance, token lengths, before/after cleaning examples")
+    _add_config_args(p)
+    p.add_argument("file", help="data file or hub dataset (id:split)")
+    p.add_argument("--model", help="tokenizer to count tokens with (sets model.tokenizer)")
+    p.add_argument("--examples", type=int, default=5, help="before/after cleaning examples to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_data_inspect)
+
+    aug_sub = sub.add_parser("augment", help="write augmented training rows (synonyms, generation)").add_subparsers(
+        dest="augment_command", required=True, parser_class=_Parser)
+    data_set = dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="data settings for reading the files, e.g. --set data.clean=standard")
+    p = aug_sub.add_parser("synonyms", help="WordNet synonym copies of every row, to a CSV for data.extra_train")
+    p.add_argument("input", help="labelled data file")
+    p.add_argument("output", help="CSV to write (text, label, source)")
+    p.add_argument("--rate", type=float, default=0.1, help="share of words replaced per copy (default 0.1)")
+    p.add_argument("--copies", type=int, default=1, help="augmented copies per row (default 1)")
+    p.add_argument("--protect", help="comma-separated words never replaced")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", **data_set)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_augment_synonyms)
+
+    p = aug_sub.add_parser("generate", help="fine-tune a causal LM on in-domain text, generate labelled rows")
+    p.add_argument("--train", required=True, help="labelled training file (classes, lengths, deduplication)")
+    p.add_argument("--unlabelled", help="in-domain texts to fine-tune the LM on (e.g. the unlabelled test file)")
+    p.add_argument("--out", required=True, help="CSV to write (text, label)")
+    p.add_argument("--model", default="gpt2", help="causal LM: hub id or folder (default gpt2)")
+    p.add_argument("--prompts", help="YAML/JSON {class: [prompt, ...]} (default: AG News prompts, else row openings)")
+    p.add_argument("--per-class", type=int, default=100, help="rows to generate per class (default 100)")
+    p.add_argument("--steps", type=int, default=200, help="LM fine-tuning steps (default 200; 0 = none)")
+    p.add_argument("--batch-size", type=int, default=8, help="LM fine-tuning batch (default 8)")
+    p.add_argument("--lr", type=float, default=5e-5, help="LM fine-tuning learning rate (default 5e-5)")
+    p.add_argument("--max-length", type=int, default=128, help="LM tokens per text (default 128)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.2)
+    p.add_argument("--classifier", help="a budgetlora run: keep rows it assigns to their class")
+    p.add_argument("--min-confidence", type=float, default=0.0, help="with --classifier: least probability (default 0)")
+    p.add_argument("--save-model", help="folder to save the fine-tuned LM in")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", **data_set)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    p.set_defaults(func=_cmd_augment_generate)
     return parser
 
 

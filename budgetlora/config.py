@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses, YAML recipes and `--set key=value` overrides.
 
-A recipe is a YAML file with up to six sections (model, data, adapter, head, train, budget);
-whatever it leaves out takes the dataclass default below. Every key and value is checked here,
+A recipe is a YAML file with up to seven sections (model, data, adapter, head, train, budget,
+distill); whatever it leaves out takes the dataclass default below. Every key and value is checked here,
 before any model or data is touched, and a wrong one raises a UserError that names the key and
 what is allowed.
 """
@@ -51,6 +51,14 @@ class DataConfig:
     label_names: list[str] | None = None
     val_size: float = field(default=0.1, metadata={"min_exclusive": 0})  # fraction < 1 or count
     max_train_samples: int | None = field(default=None, metadata={"min": 1})
+    # cleaning of every text this run reads (train, evaluate, predict): steps and presets of
+    # budgetlora/clean.py, e.g. [standard] or [standard, stopwords, punctuation]; none by default
+    clean: list[str] | None = None
+    length_filter: list[float] | None = None  # keep training rows within these token-length percentiles, e.g. [1, 99]
+    extra_train: list[str] | None = None  # labelled files appended to the training rows only (augmentation)
+    synonym_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})  # WordNet synonyms, at train time
+    synonym_copies: int = field(default=1, metadata={"min": 1})  # augmented copies per training row
+    synonym_protect: list[str] | None = None  # words never replaced
 
 
 @dataclass
@@ -111,6 +119,15 @@ class BudgetConfig:
 
 
 @dataclass
+class DistillConfig:
+    # knowledge distillation (budgetlora/distill.py): a finished budgetlora run, or any
+    # sequence-classification model folder or hub id, whose soft labels the student learns
+    teacher: str | None = None
+    temperature: float = field(default=2.0, metadata={"min_exclusive": 0})
+    weight: float = field(default=0.5, metadata={"min": 0, "max": 1})  # of the KD term; 1 - weight: cross-entropy
+
+
+@dataclass
 class Config:
     recipe: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,6 +136,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -262,6 +280,12 @@ def _check_whole(cfg: Config) -> Config:
         raise UserError(f"data.val_size: {val} is neither a fraction below 1 nor a whole count of rows")
     if cfg.train.warmup >= 1 and not float(cfg.train.warmup).is_integer():
         raise UserError(f"train.warmup: {cfg.train.warmup} is neither a fraction below 1 nor a step count")
+    from .clean import resolve_steps
+
+    resolve_steps(cfg.data.clean)  # unknown step names are refused here
+    bounds = cfg.data.length_filter
+    if bounds is not None and (len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= 100):
+        raise UserError(f"data.length_filter: {bounds} must be two percentiles 0 <= low < high <= 100, e.g. [1, 99]")
     return cfg
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .clean import Cleaner
 from .config import DataConfig
 from .errors import UserError
 
@@ -209,7 +210,9 @@ def read_table(
         missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
         if missing:
             raise UserError(f"{len(missing)} row(s) of {source} have no label (first: row {missing[0]}); remove or fill them")
-    return TextTable(texts=texts.tolist(), labels=labels, ids=ids, label_names=label_names, source=source)
+    # data.clean: the one place every text of a run (train, evaluate, predict, serve) is cleaned
+    cleaned = Cleaner.from_config(cfg).apply(texts.tolist())
+    return TextTable(texts=cleaned, labels=labels, ids=ids, label_names=label_names, source=source)
 
 
 # ---------------------------------------------------------------- labels

@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from . import budget, methods
+from .augment import training_extras
+from .clean import length_filter
 from .config import Config, load_config
 from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
+from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
 from .model import build_model, load_tokenizer, save_adapter, trainable_state
@@ -124,23 +127,40 @@ def train(
         test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)
         test = (test_table, encode_labels(test_table, label_names))
 
-    # ---- model and budget: refused here, before anything is written
+    # ---- tokenise once (cached on disk)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.train.batch_size)
+    pad_id = pad_id_of(tokenizer)
+    texts = table.texts
+    with accelerator.main_process_first():  # one process fills the cache, the others read it
+        if cfg.data.length_filter:  # training rows only, by untruncated token length
+            full = np.array([len(t) for t in tokenize([texts[i] for i in train_idx], tokenizer, 1_000_000)])
+            keep = length_filter(full, cfg.data.length_filter)
+            log(f"length filter {cfg.data.length_filter}: {int((~keep).sum())} of {len(keep)} training rows dropped")
+            train_idx = train_idx[keep]
+        # only the rows this run uses (a max_train_samples run tokenises its sample, not the file)
+        train_ids = tokenize([texts[i] for i in train_idx], tokenizer, cfg.model.max_length)
+        val_ids = tokenize([texts[i] for i in val_idx], tokenizer, cfg.model.max_length)
+    # augmentation (data.extra_train files, data.synonym_rate): appended to the training rows only
+    extra_texts, extra_labels = training_extras(cfg, texts, labels, train_idx, val_idx, label_names,
+                                                trust_pickle=trust_pickle, log=log)
+    if extra_texts:
+        train_ids = train_ids + tokenize(extra_texts, tokenizer, cfg.model.max_length)
+    y_train, y_val = np.concatenate([labels[train_idx], extra_labels]), labels[val_idx]
+
+    # ---- model and budget: refused here, before the teacher runs or anything is written
+    steps_per_epoch = math.ceil(len(train_ids) / cfg.train.batch_size)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     model = build_model(cfg, label_names, total_steps=total_steps)  # AdaLoRA schedules over total_steps
     breakdown = budget.count(model, cfg.budget.max_trainable)
     log(f"trainable parameters ({cfg.model.name}, {cfg.adapter.method} r={cfg.adapter.r}):\n{breakdown.table()}")
     budget.check(breakdown, cfg.budget.max_trainable)
 
-    # ---- tokenise once (cached on disk)
-    pad_id = pad_id_of(tokenizer)
-    texts = table.texts
-    with accelerator.main_process_first():  # one process fills the cache, the others read it
-        # only the rows this run uses (a max_train_samples run tokenises its sample, not the file)
-        train_ids = tokenize([texts[i] for i in train_idx], tokenizer, cfg.model.max_length)
-        val_ids = tokenize([texts[i] for i in val_idx], tokenizer, cfg.model.max_length)
-    y_train, y_val = labels[train_idx], labels[val_idx]
+    teacher = None  # distillation: the teacher's logits for every training row, computed once
+    if cfg.distill.teacher:
+        with accelerator.main_process_first():
+            teacher = torch.from_numpy(teacher_logits(
+                cfg.distill.teacher, [texts[i] for i in train_idx] + extra_texts, label_names,
+                max_length=cfg.model.max_length, batch_size=cfg.train.eval_batch_size, log=log))
     lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length else None
 
     # ---- run directory (written by the main process only)
@@ -210,7 +230,12 @@ def train(
 
         with accelerator.autocast():
             logits = parallel_model(**batch.model_inputs(accelerator.device)).logits
-        loss = F.cross_entropy(logits.float(), batch.labels.to(accelerator.device), reduction="sum") * weight
+        if teacher is None:
+            loss = F.cross_entropy(logits.float(), batch.labels.to(accelerator.device), reduction="sum") * weight
+        else:
+            loss = distill_loss(logits.float(), batch.labels.to(accelerator.device),
+                                teacher[batch.index].to(accelerator.device),
+                                cfg.distill.temperature, cfg.distill.weight) * weight
         extra = methods.extra_loss(model)  # AdaLoRA's orthogonal regularisation; None for other methods
         accelerator.backward(loss if extra is None else loss + extra)
         if cfg.train.max_grad_norm:
@@ -296,6 +321,7 @@ def train(
         "best_value": best_value,
         "trainable_params": breakdown.trainable,
         "train_rows": len(train_ids),
+        "train_rows_extra": len(extra_texts),
         "val_rows": len(val_ids),
         "train_seconds": train_seconds,
         "train_samples_per_s": samples_seen / max(train_seconds, 1e-9),

@@ -129,3 +129,18 @@ def run_cli(*args, cwd=None):
         [sys.executable, "-m", "budgetlora", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
+
+
+# ---------------------------------------------------------------- shared offline assets (issue 7)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the checkout
+
+
+@pytest.fixture(scope="session")
+def nltk_data() -> Path:
+    """NLTK stopwords + WordNet from ../shared/data/nltk_data, through NLTK_DATA (the standard way)."""
+    folder = SHARED / "data" / "nltk_data"
+    if not (folder / "corpora" / "wordnet.zip").is_file() or not (folder / "corpora" / "stopwords.zip").is_file():
+        pytest.skip(f"NLTK data not found at {folder} (needs corpora/stopwords.zip and corpora/wordnet.zip)")
+    os.environ["NLTK_DATA"] = str(folder)
+    return folder
