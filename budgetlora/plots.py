@@ -134,9 +134,11 @@ def accuracy_vs_cost(rows: list[dict], path: Path) -> Path:
                            (time_ax, "train_seconds", "training time (s)")):
         points = [r for r in rows if r.get(key) is not None and r.get("best_val_accuracy") is not None]
         ax.scatter([r[key] for r in points], [100 * r["best_val_accuracy"] for r in points], color=BLUE, zorder=3)
+        labels: dict[tuple, list[str]] = {}  # runs on the same spot share one label
         for r in points:
-            ax.annotate(r["run"], (r[key], 100 * r["best_val_accuracy"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            labels.setdefault((r[key], 100 * r["best_val_accuracy"]), []).append(str(r["run"]))
+        for xy, names in labels.items():
+            ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("best validation accuracy (%)")
         ax.grid(alpha=0.3)
