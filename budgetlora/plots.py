@@ -147,5 +147,5 @@ def accuracy_vs_cost(rows: list[dict], path: Path) -> Path:
         ax.margins(x=0.15, y=0.15)
     params_ax.set_title("Accuracy against trainable parameters")
     time_ax.set_title("Accuracy against training time")
-    fig.tight_layout()
+    fig.subplots_adjust(wspace=0.3)  # long run names may reach past the axes; the saved bbox takes them in
     return _save(fig, path)
