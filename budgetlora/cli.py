@@ -193,6 +193,25 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    paths = write_report(args.run_dir)
+    print(f"wrote {paths['html']} (self-contained), {paths['markdown']} and {len(paths['plots'])} plots "
+          f"in {paths['html'].parent / 'plots'}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare_runs, formatted, write_comparison
+
+    frame = compare_runs(args.run_dirs, sort=args.sort)
+    paths = write_comparison(frame, args.out)
+    print(formatted(frame).to_string(index=False))
+    print(f"wrote {paths['csv']}, {paths['markdown']} and {paths['plot']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -261,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="trials for random/optuna search")
     p.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///study.db) shared by several machines")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="write report.md and a self-contained report.html (plots) for a run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="finished runs side by side: table (CSV, Markdown) and accuracy-vs-cost plot")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--sort", metavar="METRIC",
+                   help="sort by run, trainable_params, train_seconds (ascending), best_val_accuracy, "
+                        "val_accuracy, val_macro_f1 or test_accuracy (descending)")
+    p.add_argument("--out", default="budgetlora-compare", help="folder for compare.csv/.md/.png (default: %(default)s)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=_cmd_recipes)

@@ -111,6 +111,10 @@ class TrainConfig:
     seed: int = 42
     precision: str = field(default="auto", metadata=_choice("auto", "fp32", "bf16", "fp16"))
     progress: bool = True
+    # reporting: a tracker for the metrics (Accelerate), a light per-step log, the run report
+    tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))
+    log_every: int = field(default=10, metadata={"min": 1})  # steps between train_log.csv rows
+    report: bool = True  # write report.md / report.html when training ends
 
 
 @dataclass

@@ -7,6 +7,7 @@ matrix); the 95% interval for accuracy is a seeded percentile bootstrap over row
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,20 @@ def pad_id_of(tokenizer) -> int:
 
 
 @torch.inference_mode()
-def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: int, autocast=None) -> np.ndarray:
-    """(rows, classes) float32 logits in the original row order; batches sorted by length."""
+def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: int, autocast=None,
+                   progress: bool = False) -> np.ndarray:
+    """(rows, classes) float32 logits in the original row order; batches sorted by length.
+
+    progress=True shows a bar (rows/s, ETA) when stderr is a terminal, and nothing in logs.
+    """
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = None
+    bar = tqdm(total=len(token_ids), desc="predict", unit="row", leave=False, dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
     for batch in eval_batches(token_ids, batch_size, pad_id):
         with autocast() if autocast is not None else contextlib.nullcontext():
             logits = model(**batch.model_inputs(device)).logits
@@ -36,6 +45,8 @@ def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: 
         if out is None:
             out = np.empty((len(token_ids), logits.shape[1]), dtype=np.float32)
         out[batch.index] = logits
+        bar.update(len(batch.index))
+    bar.close()
     if was_training:
         model.train()
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
@@ -102,7 +113,8 @@ def table_logits(model, tokenizer, cfg, table) -> np.ndarray:
     from .data import tokenize
 
     ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
-    return compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer))
+    return compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer),
+                          progress=cfg.train.progress)
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = ()) -> dict:

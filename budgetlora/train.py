@@ -10,6 +10,10 @@ Run directory:
     config.yaml      resolved config            labels.json    class names
     budget.json      trainable-parameter breakdown
     metrics.jsonl    one line per evaluation    metrics.json   final metrics (val, test)
+    train_log.csv    loss, accuracy, lr every train.log_every steps
+    val_predictions.csv  validation rows with true and predicted class and confidence
+    report.md, report.html, plots/   the run report (train.report)
+    tensorboard/     TensorBoard events (train.tracker)
     adapter/         best adapter + head, PEFT format (+ tokenizer)
     checkpoint/      state for --resume (latest evaluation)
 """
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget, methods
+from . import budget, methods, tracking
 from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
@@ -46,14 +50,15 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _accelerator(precision: str):
+def _accelerator(precision: str, **tracking_kwargs):
     from accelerate import Accelerator
 
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     # cpu=True on a machine without CUDA lets several launched processes train data-parallel
     # over gloo (Accelerate only picks MULTI_CPU when told it is on the CPU)
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available(),
+                       **tracking_kwargs)
 
 
 def _scheduler(cfg: Config, optimizer, total_steps: int):
@@ -63,6 +68,13 @@ def _scheduler(cfg: Config, optimizer, total_steps: int):
     warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.train.scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def lr_schedule(cfg: Config, total_steps: int) -> np.ndarray:
+    """The learning rate of each optimiser step 1..total_steps: the scheduler above, evaluated exactly."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    factor = _scheduler(cfg, optimizer, total_steps).lr_lambdas[0]  # a LambdaLR; step s uses factor(s - 1)
+    return np.array([cfg.train.lr * factor(s) for s in range(total_steps)])
 
 
 def _optimizer(cfg: Config, model):
@@ -107,7 +119,7 @@ def train(
     if resume:
         cfg = load_config(out / "config.yaml")
     t_start = time.time()
-    accelerator = _accelerator(cfg.train.precision)
+    accelerator = _accelerator(cfg.train.precision, **tracking.accelerator_kwargs(cfg.train.tracker, out))
     accelerator.wait_for_everyone()  # every process has checked `out` before any writes to it
     main_process = accelerator.is_main_process
     if not main_process:
@@ -199,18 +211,23 @@ def train(
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         if main_process:
             _truncate_history(out / "metrics.jsonl", step)
+            _truncate_train_log(out / "train_log.csv", step)
         log(f"resumed {out} at step {step}/{total_steps}")
     # the scheduler is stepped by hand, once per optimiser step, so it is not prepared
     parallel_model, optimizer = accelerator.prepare(model, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     if world > 1:
         log(f"data-parallel over {world} processes: each takes 1/{world} of every batch of {cfg.train.batch_size}")
+    tracking.start(accelerator, cfg, out, resume_step=step)
 
     from tqdm.auto import tqdm
 
     show_bar = main_process and cfg.train.progress and sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
     running_loss, running_n = torch.zeros((), device=accelerator.device), 0
+    # summed loss and correct predictions since the last train_log.csv row / the last evaluation
+    window, window_steps, window_rows = torch.zeros(2, device=accelerator.device), 0, 0
+    since_eval, since_eval_rows = torch.zeros(2, device=accelerator.device), 0
     phase_start = time.perf_counter()  # training time excludes evaluations and checkpoints
     order, order_epoch = None, None
     parallel_model.train()
@@ -238,6 +255,7 @@ def train(
                                 cfg.distill.temperature, cfg.distill.weight) * weight
         extra = methods.extra_loss(model)  # AdaLoRA's orthogonal regularisation; None for other methods
         accelerator.backward(loss if extra is None else loss + extra)
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         if cfg.train.max_grad_norm:
             accelerator.clip_grad_norm_(parallel_model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
@@ -246,10 +264,26 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         running_loss = running_loss + loss.detach()  # stays on the device: no sync per step
         running_n += 1
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == batch.labels.to(accelerator.device)).sum() * (weight > 0)
+            sums = torch.stack([loss.detach(), correct.float()])
+            window, since_eval = window + sums, since_eval + sums
+        window_steps, window_rows, since_eval_rows = window_steps + 1, window_rows + len(rows), since_eval_rows + len(rows)
         step += 1
         samples_seen += len(rows)
         tokens_seen += sum(len(train_ids[i]) for i in rows)
         bar.update(1)
+        if step % cfg.train.log_every == 0 or step == 1 or step == total_steps:
+            totals = accelerator.reduce(window, reduction="sum")  # over processes
+            loss_sum, correct_sum = totals.tolist()
+            seconds = train_seconds + time.perf_counter() - phase_start
+            row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum / world / window_steps,
+                   "accuracy": correct_sum / window_rows, "lr": step_lr,
+                   "samples_per_s": samples_seen / max(seconds, 1e-9)}
+            if main_process:
+                _append_train_log(out / "train_log.csv", row)
+            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+            window, window_steps, window_rows = torch.zeros_like(window), 0, 0
         if show_bar and step % 10 == 0:
             seconds = train_seconds + time.perf_counter() - phase_start
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
@@ -270,7 +304,11 @@ def train(
                 "val_macro_f1": val["macro_f1"],
                 "samples_per_s": samples_seen / max(train_seconds, 1e-9),
                 "elapsed_s": time.time() - t_start,
+                "train_accuracy": accelerator.reduce(since_eval, reduction="sum")[1].item() / max(since_eval_rows, 1),
             }
+            since_eval, since_eval_rows = torch.zeros_like(since_eval), 0
+            accelerator.log({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
+                             "val/macro_f1": val["macro_f1"]}, step=step)
             running_loss, running_n = torch.zeros((), device=accelerator.device), 0
             value = val[metric_key]
             improved = _better(metric, value, best_value)
@@ -338,6 +376,15 @@ def train(
                                       seed=cfg.train.seed)
     if main_process:
         _write_json(out / "metrics.json", result)
+        _write_val_predictions(out / "val_predictions.csv", [texts[i] for i in val_idx], y_val, val_logits,
+                               label_names)
+    final = {"final/val_accuracy": result["val"]["accuracy"], "final/val_macro_f1": result["val"]["macro_f1"]}
+    if "test" in result:
+        final.update({"final/test_accuracy": result["test"]["accuracy"], "final/test_macro_f1": result["test"]["macro_f1"]})
+    accelerator.log(final, step=step)
+    accelerator.end_training()
+    if main_process and cfg.train.report:
+        _write_report(out, log)
     log(f"best {metric} {best_value:.4f} at step {best_step}; val accuracy {result['val']['accuracy']:.4f}"
         + (f", test accuracy {result['test']['accuracy']:.4f}" if "test" in result else "")
         + f"; run saved in {out}")
@@ -382,3 +429,54 @@ def _truncate_history(path: Path, step: int) -> None:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _write_val_predictions(path: Path, texts: list[str], labels: np.ndarray, logits: np.ndarray,
+                           label_names: list[str]) -> None:
+    """One row per validation text: what the report's misclassified sample is drawn from."""
+    import pandas as pd
+
+    from .evaluate import softmax
+
+    probs = softmax(logits)
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame({"text": texts, "true": [label_names[i] for i in labels],
+                          "pred": [label_names[i] for i in pred], "confidence": probs.max(axis=1)})
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _write_report(out: Path, log) -> None:
+    """The run report; a failure to draw it costs a warning, never the run it describes."""
+    from .report import write_report  # report reads the run directory this function just finished
+
+    try:
+        paths = write_report(out)
+    except Exception as e:  # noqa: BLE001 -- the run is saved; say what went wrong, in one line
+        import warnings
+
+        warnings.warn(f"run report not written ({type(e).__name__}: {e}); retry with `budgetlora report {out}`",
+                      stacklevel=2)
+        return
+    log(f"report: {paths['html']}")
+
+
+TRAIN_LOG_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr", "samples_per_s")
+
+
+def _append_train_log(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write(",".join(TRAIN_LOG_COLUMNS) + "\n")
+        f.write(",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in TRAIN_LOG_COLUMNS) + "\n")
+
+
+def _truncate_train_log(path: Path, step: int) -> None:
+    """Drop train_log.csv rows logged after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    header, *rows = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in rows if line.strip() and int(line.split(",", 1)[0]) <= step]
+    path.write_text("".join(line + "\n" for line in [header, *kept]), encoding="utf-8")

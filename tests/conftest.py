@@ -38,6 +38,8 @@ TINY_TRAIN = [
     "train.progress=false",
     "data.val_size=0.2",
     "adapter.r=4",
+    "train.report=false",  # the report and the tracker cost seconds; trained_run turns them on
+    "train.tracker=none",
 ]
 
 
@@ -116,7 +118,8 @@ def trained_run(tmp_path_factory, tiny_model_dir, synthetic_csv, synthetic_test_
     from budgetlora.train import train
 
     out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = tiny_config(tiny_model_dir, synthetic_csv, f"data.test={synthetic_test_csv}")
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, f"data.test={synthetic_test_csv}",
+                      "train.report=true", "train.tracker=tensorboard")
     metrics = train(cfg, out, log=lambda message: None)
     return out, metrics
 
