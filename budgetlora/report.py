@@ -26,7 +26,7 @@ import pandas as pd
 from . import plots
 from .config import load_config
 from .errors import UserError
-from .train import lr_schedule
+from .schedule import lr_schedule
 
 MISCLASSIFIED_SAMPLE = 20
 TEXT_CHARS = 300  # longer texts are cut in the misclassified table

@@ -38,6 +38,7 @@ from .config import Config, load_config
 from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
+from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
 from .model import build_model, load_tokenizer, save_adapter, trainable_state
 
@@ -59,22 +60,6 @@ def _accelerator(precision: str, **tracking_kwargs):
     # over gloo (Accelerate only picks MULTI_CPU when told it is on the CPU)
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available(),
                        **tracking_kwargs)
-
-
-def _scheduler(cfg: Config, optimizer, total_steps: int):
-    from transformers import get_scheduler
-
-    warmup = cfg.train.warmup
-    warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.train.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
-
-
-def lr_schedule(cfg: Config, total_steps: int) -> np.ndarray:
-    """The learning rate of each optimiser step 1..total_steps: the scheduler above, evaluated exactly."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
-    factor = _scheduler(cfg, optimizer, total_steps).lr_lambdas[0]  # a LambdaLR; step s uses factor(s - 1)
-    return np.array([cfg.train.lr * factor(s) for s in range(total_steps)])
 
 
 def _optimizer(cfg: Config, model):
@@ -376,7 +361,7 @@ def train(
                                       seed=cfg.train.seed)
     if main_process:
         _write_json(out / "metrics.json", result)
-        _write_val_predictions(out / "val_predictions.csv", [texts[i] for i in val_idx], y_val, val_logits,
+        _write_val_predictions(out / "val_predictions.csv", [texts[i] for i in val_idx], y_val, best_val_logits,
                                label_names)
     final = {"final/val_accuracy": result["val"]["accuracy"], "final/val_macro_f1": result["val"]["macro_f1"]}
     if "test" in result:

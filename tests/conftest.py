@@ -109,7 +109,7 @@ def synthetic_test_csv(tmp_path_factory) -> Path:
 def tiny_config(model_dir, train_csv, *extra):
     from budgetlora.config import load_config
 
-    return load_config(None, [f"model.name={model_dir}", f"data.train={train_csv}", *TINY_TRAIN, *extra])
+    return load_config("r6-qkv-a24", [f"model.name={model_dir}", f"data.train={train_csv}", *TINY_TRAIN, *extra])
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from .conftest import ROBERTA_BASE
 AG_NEWS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
-def roberta(*overrides, recipe=None):
+def roberta(*overrides, recipe="r6-qkv-a24"):
     return load_config(recipe, [f"model.name={ROBERTA_BASE}", *overrides])
 
 
@@ -112,7 +112,7 @@ def test_target_that_matches_nothing_is_refused(tmp_path):
 def test_bert_standard_head_includes_the_pooler(tmp_path):
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config.save_pretrained(tmp_path)
-    cfg = load_config(None, [f"model.name={tmp_path}", "adapter.r=2"])
+    cfg = load_config("r6-qkv-a24", [f"model.name={tmp_path}", "adapter.r=2"])
     breakdown = count(build_model(cfg, AG_NEWS, meta=True))
     assert breakdown.head == (32 * 32 + 32) + (32 * 4 + 4)  # pooler dense + classifier
 
@@ -121,5 +121,16 @@ def test_mpnet_standard_head_has_roberta_shape(tmp_path):
     config = MPNetConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                          vocab_size=30527)
     config.save_pretrained(tmp_path)
-    cfg = load_config(None, [f"model.name={tmp_path}", "adapter.r=6"])
+    cfg = load_config("r6-qkv-a24", [f"model.name={tmp_path}", "adapter.r=6"])
     assert plan_from_config(cfg, AG_NEWS).trainable == 925_444
+
+
+def test_default_recipe_spends_the_budget_on_every_linear_with_a_mean_head():
+    """The default chosen in docs/best_default.md: all_linear LoRA at the largest rank + mean head."""
+    cfg = load_config(None, [f"model.name={ROBERTA_BASE}"])
+    assert (cfg.adapter.targets, cfg.head.type, cfg.adapter.r) == ("all_linear", "mean", 6)
+    breakdown = count(build_model(cfg, AG_NEWS, meta=True))
+    assert breakdown.trainable == 998_404 and breakdown.head == 3_076
+    over = load_config(None, [f"model.name={ROBERTA_BASE}", "adapter.r=7"])
+    with pytest.raises(UserError, match="over"):
+        check(count(build_model(over, AG_NEWS, meta=True)), over.budget.max_trainable)

@@ -60,22 +60,22 @@ def test_stopwords_and_punctuation(nltk_data):
 
 
 def test_config_keys_are_validated():
-    cfg = load_config(None, ["data.clean=standard,stopwords", "data.length_filter=[1, 99]"])
+    cfg = load_config("r6-qkv-a24", ["data.clean=standard,stopwords", "data.length_filter=[1, 99]"])
     assert cfg.data.clean == ["standard", "stopwords"] and cfg.data.length_filter == [1.0, 99.0]
     assert "clean:" in cfg.to_yaml() and "distill:" in cfg.to_yaml()
     with pytest.raises(UserError, match="data.clean: unknown step 'bogus'"):
-        load_config(None, ["data.clean=bogus"])
+        load_config("r6-qkv-a24", ["data.clean=bogus"])
     with pytest.raises(UserError, match="data.length_filter"):
-        load_config(None, ["data.length_filter=[99, 1]"])
+        load_config("r6-qkv-a24", ["data.length_filter=[99, 1]"])
     with pytest.raises(UserError, match="data.length_filter"):
-        load_config(None, ["data.length_filter=[5]"])
+        load_config("r6-qkv-a24", ["data.length_filter=[5]"])
 
 
 def test_read_table_applies_the_configured_cleaning(tmp_path):
     path = tmp_path / "dirty.csv"
     pd.DataFrame({"text": ["Stocks #39; rally &lt;b&gt;now&lt;/b&gt;", "plain   text"], "label": [0, 1]}).to_csv(path, index=False)
-    assert read_table(str(path), load_config(None, []).data).texts[0] == "Stocks #39; rally &lt;b&gt;now&lt;/b&gt;"
-    cleaned = read_table(str(path), load_config(None, ["data.clean=standard"]).data).texts
+    assert read_table(str(path), load_config("r6-qkv-a24", []).data).texts[0] == "Stocks #39; rally &lt;b&gt;now&lt;/b&gt;"
+    cleaned = read_table(str(path), load_config("r6-qkv-a24", ["data.clean=standard"]).data).texts
     assert cleaned == ["Stocks' rally now", "plain text"]
 
 

@@ -19,7 +19,7 @@ def test_params_json_from_config_alone(capsys):
 
 
 def test_params_over_budget_prints_breakdown_then_fails(capsys):
-    assert main(["params", "--model", str(ROBERTA_BASE), "--set", "adapter.r=8"]) == 2
+    assert main(["params", "--model", str(ROBERTA_BASE), "--recipe", "r6-qkv-a24", "--set", "adapter.r=8"]) == 2
     captured = capsys.readouterr()
     assert "OVER by 36,036" in captured.out
     assert captured.err.count("\n") == 1 and "over budget" in captured.err

@@ -37,7 +37,7 @@ def test_published_recipes_carry_their_hyperparameters(name, expected):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=1e-5", "train.max_steps=100", "adapter.targets=query,value",
+    cfg = load_config("r6-qkv-a24", ["train.lr=1e-5", "train.max_steps=100", "adapter.targets=query,value",
                              "data.val_size=500", "train.progress=false", "train.eval_every="])
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
     assert cfg.train.max_steps == 100
@@ -62,7 +62,7 @@ def test_overrides_are_typed():
 )
 def test_wrong_keys_and_values_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(UserError) as err:
-        load_config(None, [override])
+        load_config("r6-qkv-a24", [override])
     for word in words:
         assert word in str(err.value)
     assert "\n" not in str(err.value)

@@ -39,7 +39,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir, synthe
 
     from budgetlora.config import load_config
 
-    one = train(load_config(None, overrides), tmp_path / "one", log=lambda m: None)
+    one = train(load_config("r6-qkv-a24", overrides), tmp_path / "one", log=lambda m: None)
     assert one["processes"] == 1
     assert two["steps"] == one["steps"] and two["best_step"] == one["best_step"]
     assert two["val"]["loss"] == pytest.approx(one["val"]["loss"], rel=1e-4)

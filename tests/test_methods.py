@@ -42,7 +42,7 @@ TRAINABLE_METHODS = [m for m in ADAPTER_METHODS if m != "qlora"]  # qlora needs 
 
 
 def roberta(*overrides):
-    return load_config(None, [f"model.name={ROBERTA_BASE}", *overrides])
+    return load_config("r6-qkv-a24", [f"model.name={ROBERTA_BASE}", *overrides])
 
 
 def built(cfg, **kwargs):

@@ -20,7 +20,7 @@ ROBERTA_FROZEN = 124_645_632 - (768 * 768 + 768)  # roberta-base without its (un
 
 
 def roberta(*overrides):
-    return load_config(None, [f"model.name={ROBERTA_BASE}", *overrides])
+    return load_config("r6-qkv-a24", [f"model.name={ROBERTA_BASE}", *overrides])
 
 
 def built(cfg, labels=AG_NEWS):
@@ -59,7 +59,7 @@ def test_standard_lora_head_bias_counts_as_head():
 
 def test_heads_on_a_bert_style_model(tmp_path):
     BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
-    counts = {h: built(load_config(None, [f"model.name={tmp_path}", f"head.type={h}", "adapter.r=2"])).head
+    counts = {h: built(load_config("r6-qkv-a24", [f"model.name={tmp_path}", f"head.type={h}", "adapter.r=2"])).head
               for h in ("standard", "standard_lora", "linear", "mean")}
     assert counts == {"standard": 32 * 32 + 32 + 32 * 4 + 4, "standard_lora": 2 * 64 + 32 * 4 + 4,
                       "linear": 32 * 4 + 4, "mean": 32 * 4 + 4}
@@ -68,8 +68,8 @@ def test_heads_on_a_bert_style_model(tmp_path):
 def test_pooling_heads_refuse_an_unsupported_head(tmp_path):
     DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="head.type=linear is not supported for distilbert"):
-        build_model(load_config(None, [f"model.name={tmp_path}", "head.type=linear"]), AG_NEWS, meta=True)
-    result = plan(load_config(None, [f"model.name={tmp_path}"]), AG_NEWS, method_names=["lora"])
+        build_model(load_config("r6-qkv-a24", [f"model.name={tmp_path}", "head.type=linear"]), AG_NEWS, meta=True)
+    result = plan(load_config("r6-qkv-a24", [f"model.name={tmp_path}"]), AG_NEWS, method_names=["lora"])
     assert set(result.skipped) == {"head linear", "head mean"}
 
 
@@ -126,7 +126,7 @@ def test_fill_gives_the_largest_rank_that_fits():
 
 
 def test_plan_cli_fill_json_and_yaml(capsys):
-    args = ["plan", "--model", str(ROBERTA_BASE), "--set", "head.type=standard", "--budget", "1000000", "--fill"]
+    args = ["plan", "--model", str(ROBERTA_BASE), "--recipe", "r6-qkv-a24", "--set", "head.type=standard", "--budget", "1000000", "--fill"]
     assert main(args + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["adapter"]["r"] == 7 and out["head"]["type"] == "standard"

@@ -14,7 +14,7 @@ SHORT = [*TINY_TRAIN, "train.max_steps=10", "train.eval_every=5", "data.max_trai
 
 
 def _spec(tiny_model_dir, synthetic_csv, more=(), **extra):
-    return load_spec(None, set=[f"model.name={tiny_model_dir}", f"data.train={synthetic_csv}", *SHORT, *more],
+    return load_spec(None, recipe="r6-qkv-a24", set=[f"model.name={tiny_model_dir}", f"data.train={synthetic_csv}", *SHORT, *more],
                      **extra)
 
 
