@@ -28,7 +28,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_model_dir, synthe
     # Accelerator runs it on the CPU over gloo
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "budgetlora", "train", "--out", str(tmp_path / "two")]
+               "-m", "budgetlora", "train", "--recipe", "r6-qkv-a24", "--out", str(tmp_path / "two")]
     for override in overrides:
         command += ["--set", override]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,

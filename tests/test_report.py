@@ -344,7 +344,7 @@ def test_compare_command_prints_and_writes_csv_markdown_and_plot(three_runs, tmp
     csv = pd.read_csv(out / "compare.csv")
     assert list(csv["run"]) == ["large", "mid", "small"] and list(csv["r"]) == [8, 4, 2]
     markdown = (out / "compare.md").read_text().splitlines()
-    assert len(markdown) == 2 + 3 and markdown[2].startswith("| large | default | lora | 8 |")
+    assert len(markdown) == 2 + 3 and markdown[2].startswith("| large | r6-qkv-a24 | lora | 8 |")
     pixels = _rgb255(out / "compare.png")
     assert pixels.shape[0] >= 300 and pixels.shape[1] >= 800 and pixels.std() > 20
 
