@@ -209,10 +209,9 @@ def train(
 
     show_bar = main_process and cfg.train.progress and sys.stderr.isatty()
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
-    running_loss, running_n = torch.zeros((), device=accelerator.device), 0
     # summed loss and correct predictions since the last train_log.csv row / the last evaluation
     window, window_steps, window_rows = torch.zeros(2, device=accelerator.device), 0, 0
-    since_eval, since_eval_rows = torch.zeros(2, device=accelerator.device), 0
+    since_eval, since_eval_rows, since_eval_steps = torch.zeros(2, device=accelerator.device), 0, 0
     phase_start = time.perf_counter()  # training time excludes evaluations and checkpoints
     order, order_epoch = None, None
     parallel_model.train()
@@ -247,11 +246,10 @@ def train(
         scheduler.step()
         methods.after_step(model, step)  # AdaLoRA's rank allocation: needs this step's gradients
         optimizer.zero_grad(set_to_none=True)
-        running_loss = running_loss + loss.detach()  # stays on the device: no sync per step
-        running_n += 1
+        since_eval_steps += 1
         with torch.no_grad():
             correct = (logits.argmax(-1) == batch.labels.to(accelerator.device)).sum() * (weight > 0)
-            sums = torch.stack([loss.detach(), correct.float()])
+            sums = torch.stack([loss.detach(), correct.float()])  # stays on the device: no sync per step
             window, since_eval = window + sums, since_eval + sums
         window_steps, window_rows, since_eval_rows = window_steps + 1, window_rows + len(rows), since_eval_rows + len(rows)
         step += 1
@@ -275,7 +273,8 @@ def train(
                             samples_s=f"{samples_seen / max(seconds, 1e-9):.1f}")
 
         if step % eval_every == 0 or step == total_steps:
-            train_loss = accelerator.reduce(running_loss, reduction="mean").item() / max(running_n, 1)
+            since_eval_totals = accelerator.reduce(since_eval, reduction="sum").tolist()  # (loss, correct) over processes
+            train_loss = since_eval_totals[0] / world / max(since_eval_steps, 1)
             train_seconds += time.perf_counter() - phase_start  # .item() waited for the device
             val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
             val = quick_metrics(val_logits, y_val)
@@ -289,12 +288,11 @@ def train(
                 "val_macro_f1": val["macro_f1"],
                 "samples_per_s": samples_seen / max(train_seconds, 1e-9),
                 "elapsed_s": time.time() - t_start,
-                "train_accuracy": accelerator.reduce(since_eval, reduction="sum")[1].item() / max(since_eval_rows, 1),
+                "train_accuracy": since_eval_totals[1] / max(since_eval_rows, 1),
             }
-            since_eval, since_eval_rows = torch.zeros_like(since_eval), 0
+            since_eval, since_eval_rows, since_eval_steps = torch.zeros_like(since_eval), 0, 0
             accelerator.log({"val/loss": val["loss"], "val/accuracy": val["accuracy"],
                              "val/macro_f1": val["macro_f1"]}, step=step)
-            running_loss, running_n = torch.zeros((), device=accelerator.device), 0
             value = val[metric_key]
             improved = _better(metric, value, best_value)
             if improved:

@@ -147,3 +147,16 @@ def nltk_data() -> Path:
         pytest.skip(f"NLTK data not found at {folder} (needs corpora/stopwords.zip and corpora/wordnet.zip)")
     os.environ["NLTK_DATA"] = str(folder)
     return folder
+
+
+def perturbed_model(cfg, label_names):
+    """A built model whose every trainable tensor has moved off its initial value, as if trained."""
+    from budgetlora.model import build_model
+
+    model = build_model(cfg, label_names)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()

@@ -14,7 +14,7 @@ from budgetlora.config import ADAPTER_METHODS, load_config
 from budgetlora.errors import UserError
 from budgetlora.model import build_model, load_run, merge_and_unload, prepare_head, save_adapter, trainable_state
 
-from .conftest import ROBERTA_BASE, tiny_config
+from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
 AG_NEWS = ["World", "Sports", "Business", "Sci/Tech"]
 HEAD = 593_668  # roberta-base standard head: dense 768x768+768, out_proj 768x4+4
@@ -154,13 +154,7 @@ def _batch():
 
 
 def _perturbed(cfg):
-    model = build_model(cfg, AG_NEWS)
-    torch.manual_seed(1)
-    with torch.no_grad():  # as if trained: every trainable tensor moves off its initial value
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return perturbed_model(cfg, AG_NEWS)
 
 
 def _plain_peft(tiny_model_dir, folder, head="standard"):

@@ -13,7 +13,7 @@ from budgetlora.errors import UserError
 from budgetlora.model import build_model, load_run, prepare_head, save_adapter
 from budgetlora.planner import DEFAULT_METHODS, config_cost, fill, plan
 
-from .conftest import ROBERTA_BASE, tiny_config
+from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
 AG_NEWS = ["World", "Sports", "Business", "Sci/Tech"]
 ROBERTA_FROZEN = 124_645_632 - (768 * 768 + 768)  # roberta-base without its (unused) pooler
@@ -149,14 +149,7 @@ def test_plan_cli_table_and_nothing_fits(capsys):
 # ---------------------------------------------------------------- saving, reloading, training
 
 
-def _perturbed(cfg, labels):
-    model = build_model(cfg, labels)
-    torch.manual_seed(1)
-    with torch.no_grad():  # as if trained: every trainable tensor moves off its initial value
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+_perturbed = perturbed_model
 
 
 def _batch():
