@@ -110,7 +110,6 @@ class TrainConfig:
     metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))
     seed: int = 42
     precision: str = field(default="auto", metadata=_choice("auto", "fp32", "bf16", "fp16"))
-    fast_dropout: bool = True  # on the CPU, dropout masks from int16 draws (budgetlora/cpu_dropout.py)
     progress: bool = True
     # reporting: a tracker for the metrics (Accelerate), a light per-step log, the run report
     tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget, cpu_dropout, methods, tracking
+from . import budget, methods, tracking
 from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
@@ -174,8 +174,6 @@ def train(
 
     # ---- optimisation (data-parallel over processes when launched with `accelerate launch`)
     model.to(accelerator.device)
-    if cfg.train.fast_dropout and accelerator.device.type == "cpu":
-        cpu_dropout.install(model)  # torch's CPU dropout is a quarter of a step; same masks' law
     optimizer = _optimizer(cfg, model)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     eval_every = cfg.train.eval_every or steps_per_epoch
