@@ -284,3 +284,55 @@ def test_adalora_allocates_ranks_while_training(tiny_model_dir, synthetic_csv, t
     assert len(ranks) == 6 and sum(ranks.values()) == 6  # 6 modules x target_r 1 kept of 6 x 4
     budget = json.loads((out / "budget.json").read_text())
     assert budget["adapter"] == 6 * (4 * (64 + 64) + 4)  # the peak (init_r) count is what was budgeted
+
+
+def test_adalora_killed_mid_allocation_resumes_to_the_same_ranks_and_weights(tiny_model_dir, synthetic_csv, tmp_path,
+                                                                            monkeypatch):
+    """Killed between tinit and tfinal, a resumed run must carry on the rank allocator (importance
+    scores, ranks) from the checkpoint, not start it afresh: same masks, weights and metrics."""
+    from safetensors.torch import load_file
+
+    train_module = importlib.import_module("budgetlora.train")
+    quiet = dict(log=lambda message: None)
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.method=adalora", "adapter.r=4", "adapter.target_r=1",
+                      "adapter.tinit=4", "adapter.tfinal=8", "train.max_steps=24", "train.eval_every=6",
+                      "head.type=mean")  # allocation: steps 5..15 of 24, masks every step
+    full = train_module.train(cfg, tmp_path / "full", **quiet)
+
+    real_save = train_module._save_checkpoint
+    killed_at = {}
+
+    def save_then_die(out, state):
+        real_save(out, state)
+        if state["step"] == 12:
+            killed_at.update(torch.load(out / "checkpoint" / "state.pt", weights_only=False))
+            raise KeyboardInterrupt  # killed right after the checkpoint of step 12
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(cfg, tmp_path / "killed", **quiet)
+    # the kill really is mid-allocation: some ranks pruned, more than target_r still kept, scores in flight
+    kept = sum(sum(mask) for mask in killed_at["method"]["rank_pattern"].values())
+    assert 6 * 1 < kept < 6 * 4
+    assert killed_at["method"]["exp_avg_ipt"]
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = train_module.train(None, tmp_path / "killed", resume=True, **quiet)
+
+    assert resumed["val"]["loss"] == full["val"]["loss"] and resumed["best_step"] == full["best_step"]
+    for name in ("full", "killed"):
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["val"]["accuracy"] == full["val"]["accuracy"]
+    wa = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = json.loads((tmp_path / "full" / "adapter" / "adapter_config.json").read_text())
+    cb = json.loads((tmp_path / "killed" / "adapter" / "adapter_config.json").read_text())
+    assert ca["rank_pattern"] == cb["rank_pattern"] and sum(map(sum, ca["rank_pattern"].values())) == 6
+    sa = torch.load(tmp_path / "full" / "checkpoint" / "state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=False)
+    assert all(torch.equal(sa["trainable"][k], sb["trainable"][k]) for k in sa["trainable"])  # the last step too
+    assert sa["method"]["rank_pattern"] == sb["method"]["rank_pattern"]
+    history = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("full", "killed")]
+    same = ("step", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "train_accuracy")
+    assert [{k: r[k] for k in same} for r in history[0]] == [{k: r[k] for k in same} for r in history[1]]
+    assert [r["step"] for r in history[1]] == [6, 12, 18, 24]
