@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from .errors import UserError
+from .methods import layernorm_bias_copies
 from .model import head_modules, module_type
 
 ADAPTER_RE = re.compile(r"^(?P<module>.+?)\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\b")
@@ -72,7 +73,9 @@ def count(model, max_trainable: int | None = None) -> Breakdown:
     biases, LayerNorm copies), by module type. `head` is every trainable parameter inside the
     head modules (`model.head_modules`): the fully trained head, and under head.type=standard_lora
     also the adapter on the head's Linear (and a head bias that adapter.bias makes trainable).
-    `biases` are the encoder's biases that adapter.bias makes trainable. Frozen values a tuner
+    `biases` are the encoder's biases that adapter.bias makes trainable, and the LayerNorm biases
+    bitfit trains under adapter.layernorm_bias (PEFT modules_to_save copies whose weight stays
+    frozen: that weight counts as frozen, the unused original as nothing). Frozen values a tuner
     keeps (AdaLoRA's rank count; VeRA's projections are buffers, not parameters) are not counted.
     """
     by_module: dict[str, int] = defaultdict(int)
@@ -81,16 +84,20 @@ def count(model, max_trainable: int | None = None) -> Breakdown:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head_prefixes = tuple(head_modules(base))
     tuners = _tuner_layers(model)
+    layernorm_copies = {id(p) for norm in layernorm_bias_copies(model) for p in norm.parameters()}
     for name, p in model.named_parameters():
         n = p.numel()
         owner = next((t for t in _prefixes(name) if t in tuners), None)
         in_adapter = owner is not None and not name.startswith(owner + ".base_layer.")
         if not p.requires_grad:
-            if ".modules_to_save." not in name and ".original_module." not in name and not in_adapter:
+            if id(p) in layernorm_copies or (".modules_to_save." not in name and ".original_module." not in name
+                                             and not in_adapter):
                 frozen += n
             continue
         path = name.removeprefix("base_model.model.")
-        if any(path.startswith(prefix + ".") for prefix in head_prefixes):
+        if id(p) in layernorm_copies:
+            biases += n
+        elif any(path.startswith(prefix + ".") for prefix in head_prefixes):
             head += n
         elif in_adapter or ADAPTER_RE.match(name):
             module = tuners[owner] if in_adapter else ADAPTER_RE.match(name).group("module").removeprefix("base_model.model.")

@@ -70,6 +70,7 @@ class AdapterConfig:
     # a role (attention, attention_all, ffn, all_linear) or a list of module names
     targets: Union[str, list[str]] = "attention"
     bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
+    layernorm_bias: bool = False  # bitfit: also train the LayerNorm biases (BitFit's every bias term)
     # ---- layer selection, per-module ranks, method knobs (budgetlora/methods.py)
     layers: list[int] | None = None  # adapt only these encoder layers (0-based, -1 = last); None: all
     top_layers: int | None = field(default=None, metadata={"min": 1})  # adapt only the last k layers
@@ -314,6 +315,9 @@ def _check_adapter(a: AdapterConfig) -> None:
     if a.bias != "none" and a.method not in BIAS_METHODS:
         raise UserError(f"adapter.bias={a.bias} is not supported by adapter.method={a.method}; "
                         f"set adapter.bias=none or use one of {', '.join(BIAS_METHODS)}")
+    if a.layernorm_bias and a.method != "bitfit":
+        raise UserError(f"adapter.layernorm_bias=true is a bitfit setting, not supported by adapter.method={a.method}; "
+                        f"use adapter.method=bitfit, or adapter.method=layernorm for whole LayerNorms")
     for name in ("tinit", "tfinal"):
         value = getattr(a, name)
         if value >= 1 and not float(value).is_integer():

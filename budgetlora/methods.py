@@ -18,10 +18,26 @@ exact list of module names that model.py resolved (role or names, then `adapter.
     vera       VeraConfig (r = rank of the shared projections)  out + r  (projections: frozen buffers)
     ia3        IA3Config                                        out; in for FFN modules (feedforward)
     bitfit     BeftConfig (PEFT's bias tuning)                  out: one bias vector per targeted Linear
+               (+ adapter.layernorm_bias: hidden per LayerNorm, as a modules_to_save copy, weight frozen)
     layernorm  LNTuningConfig                                   weight + bias of every LayerNorm
 
 `bitfit` trains a bias for each targeted Linear (adapter.targets=all_linear: every Linear bias of
-the encoder, BitFit's Linear part; LayerNorm biases are not included, `layernorm` trains those).
+the encoder, BitFit's Linear part). With adapter.layernorm_bias=true it also trains the bias of every
+LayerNorm in the selected layers (and the embeddings' one when all layers are selected): with
+all_linear that is every bias of the encoder, BitFit as published (roberta-base: 102,144).
+PEFT's BEFT cannot do that part itself: BeftModel._create_new_module (peft/tuners/beft/model.py)
+raises TypeError for anything but torch.nn.Linear, BeftLayer keeps one added vector per Linear
+output, and BeftConfig has no `bias` field, so the generic bias="all" handling of BaseTuner
+(tuners_utils.py `_mark_only_adapters_as_trainable` / `_get_learnable_bias_state_dict`, which read
+getattr(config, "bias", "none")) never applies to it; LNTuningConfig trains weight and bias of
+each LayerNorm and is another PEFT type (one PeftModel, one type). So those LayerNorms go into
+the config's `modules_to_save` (PEFT copies each into a ModulesToSaveWrapper, saves and reloads the
+copy: a plain `PeftModel.from_pretrained` rebuilds it with the same logits), and `finish` freezes
+the copy's weight, leaving only the bias trainable (PEFT's trainable count agrees). The weight is
+saved unchanged beside the bias (hidden floats per LayerNorm). Caveat: PEFT itself marks whole
+modules_to_save trainable, so a run reloaded with `PeftModel.from_pretrained(..., is_trainable=True)`
+outside budgetlora would train those LayerNorm weights too.
+
 `layernorm` ignores adapter.targets: it adapts every LayerNorm in the selected layers (and the
 embeddings' LayerNorm when all layers are selected).
 
@@ -74,8 +90,10 @@ def adalora_schedule(a: AdapterConfig, total_steps: int) -> tuple[int, int]:
 
 
 def peft_config(a: AdapterConfig, targets: list[str], *, feedforward=(), modules_to_save=(), seq_cls: bool = True,
-                meta: bool = False, total_steps: int | None = None):
+                meta: bool = False, total_steps: int | None = None, layernorms=()):
     """The PEFT config of method `a.method` on the modules `targets` (full names).
+
+    layernorms: full names of the LayerNorms whose bias bitfit trains (adapter.layernorm_bias).
 
     meta=True: the model is only counted; PiSSA/OLoRA then use the default LoRA initialisation
     (same shapes, and an SVD of weights that do not exist is impossible).
@@ -115,6 +133,8 @@ def peft_config(a: AdapterConfig, targets: list[str], *, feedforward=(), modules
     if m == "ia3":
         return peft.IA3Config(feedforward_modules=[t for t in targets if t in set(feedforward)], **common)
     if m == "bitfit":
+        if a.layernorm_bias:  # see the module docstring: copies with the weight frozen by `finish`
+            common["modules_to_save"] += [n for n in layernorms if n not in common["modules_to_save"]]
         return peft.BeftConfig(**common)
     if m == "layernorm":
         return peft.LNTuningConfig(**common)
@@ -123,10 +143,27 @@ def peft_config(a: AdapterConfig, targets: list[str], *, feedforward=(), modules
 
 def finish(model) -> None:
     """Fixes after get_peft_model: PEFT 0.21 leaves AdaLoRA's `ranknum` (the constant r it divides
-    the update by, never saved) trainable; trained, it would change the scaling and break reloads."""
+    the update by, never saved) trainable; trained, it would change the scaling and break reloads.
+    BitFit's LayerNorm copies (adapter.layernorm_bias) keep only their bias trainable."""
     for name, p in model.named_parameters():
         if ".ranknum." in name:
             p.requires_grad_(False)
+    for norm in layernorm_bias_copies(model):
+        if norm.weight is not None:
+            norm.weight.requires_grad_(False)
+
+
+def layernorm_bias_copies(model) -> list:
+    """The LayerNorm copies whose bias BitFit trains (adapter.layernorm_bias): PEFT's
+    modules_to_save copies of a LayerNorm under a BEFT config; [] for every other model."""
+    from peft import PeftType
+    from peft.utils.other import ModulesToSaveWrapper
+
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None or config.peft_type != PeftType.BEFT:
+        return []
+    return [norm for m in model.modules() if isinstance(m, ModulesToSaveWrapper)
+            and isinstance(m.original_module, torch.nn.LayerNorm) for norm in m.modules_to_save.values()]
 
 
 # ---------------------------------------------------------------- QLoRA

@@ -389,7 +389,15 @@ def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, 
         head = HeadSpec("standard", modules_to_save=head_modules(model))
     targets, ffn = adapter_targets(model, cfg.adapter, head)
     return methods.peft_config(cfg.adapter, targets, feedforward=ffn, modules_to_save=head.modules_to_save,
-                               seq_cls=head.seq_cls, meta=meta, total_steps=total_steps)
+                               seq_cls=head.seq_cls, meta=meta, total_steps=total_steps,
+                               layernorms=bias_layernorms(model, cfg.adapter))
+
+
+def bias_layernorms(model: nn.Module, a) -> list[str]:
+    """The LayerNorms whose bias bitfit trains under adapter.layernorm_bias (those that have one)."""
+    if a.method != "bitfit" or not a.layernorm_bias:
+        return []
+    return [n for n in encoder_layernorms(model, a.layers, a.top_layers) if model.get_submodule(n).bias is not None]
 
 
 def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, total_steps: int | None = None):

@@ -4,8 +4,8 @@ A configuration's trainable count is
 
     trainable(r) = fixed + sum over adapted modules of cost(method, module, r)
 
-where `fixed` is the fully trained part of the head plus the biases that `adapter.bias` makes
-trainable, and cost(...) is what PEFT itself adds to that one module: it is measured by putting
+where `fixed` is the fully trained part of the head plus the biases that `adapter.bias` (or,
+for bitfit, `adapter.layernorm_bias`) makes trainable, and cost(...) is what PEFT itself adds to that one module: it is measured by putting
 the method's PEFT tuner on a lone meta-device copy of the module (no weights anywhere) and
 counting its trainable parameters. For every method but LoKr that cost is affine in r (LoRA:
 r * (in + out), DoRA: + out, VeRA: out + r, ...), so two measurements give it for every r; LoKr
@@ -30,7 +30,7 @@ from torch import nn
 from . import methods
 from .config import ADAPTER_METHODS, BIAS_METHODS, HEAD_TYPES, PATTERN_METHODS, TARGET_ROLES, AdapterConfig, Config
 from .errors import UserError
-from .model import HeadSpec, adapter_targets, head_modules, load_backbone, prepare_head
+from .model import HeadSpec, adapter_targets, bias_layernorms, head_modules, load_backbone, prepare_head
 
 # The recommendation: among plain LoRA entries (the method with the most evidence behind it), the
 # widest target set (most adapted modules) that still allows this rank; among equals the higher
@@ -250,6 +250,7 @@ def cost_of(model: nn.Module, head: HeadSpec, a: AdapterConfig) -> Cost:
                     bias_head += p.numel()
                 else:
                     bias_enc += p.numel()
+    bias_enc += sum(modules[n].bias.numel() for n in bias_layernorms(model, a))  # bitfit + adapter.layernorm_bias
     caps = [min(m.in_features, m.out_features) for m, _, _, _ in parts if isinstance(m, nn.Linear)]
     return Cost(
         head=head.type,
@@ -341,6 +342,8 @@ def _settings(a: AdapterConfig, method: str, targets, top_layers) -> AdapterConf
         out.targets = targets
     if method not in PATTERN_METHODS:
         out.rank_pattern = out.alpha_pattern = None
+    if method != "bitfit":  # a bitfit setting: the other methods are planned without it
+        out.layernorm_bias = False
     return out
 
 

@@ -84,6 +84,34 @@ def test_bitfit_on_all_linear_is_every_linear_bias_of_the_encoder():
     assert b.adapter == 12 * (4 * 768 + 3072 + 768)
 
 
+LAYERNORMS = 25  # 2 per layer + the embeddings' one
+EVERY_LINEAR_BIAS = 12 * (4 * 768 + 3072 + 768)
+
+
+@pytest.mark.parametrize("overrides, adapter, biases", [
+    (["adapter.targets=all_linear"], EVERY_LINEAR_BIAS, LAYERNORMS * 768),  # BitFit as published: 102,144
+    (["adapter.top_layers=2"], 2 * 3 * 768, 2 * 2 * 768),  # the embeddings' LayerNorm only for all layers
+])
+def test_bitfit_with_layernorm_biases_counts_exactly_and_the_planner_agrees(overrides, adapter, biases):
+    from budgetlora.planner import config_cost, plan
+
+    cfg = roberta("adapter.method=bitfit", "adapter.layernorm_bias=true", *overrides)
+    b, model = built(cfg)  # also checks against PEFT's get_nb_trainable_parameters
+    assert (b.adapter, b.biases, b.head, b.other) == (adapter, biases, HEAD, 0)
+    assert b.trainable == adapter + biases + HEAD
+    assert b.frozen == ROBERTA_FROZEN - biases  # the LayerNorm weights stay frozen (and counted once)
+    frozen_weights = [n for n, p in model.named_parameters() if "LayerNorm" in n and ".modules_to_save." in n
+                      and not p.requires_grad]
+    assert len(frozen_weights) == biases // 768 and all(n.endswith(".weight") for n in frozen_weights)
+    assert config_cost(cfg, AG_NEWS).trainable() == b.trainable
+    targets = cfg.adapter.targets
+    entry = next(e for e in plan(cfg, AG_NEWS, budget=10**7, heads=["standard"], method_names=["bitfit", "ia3"],
+                                 target_sets=[targets], layer_sets=[cfg.adapter.top_layers]).entries
+                 if e.method == "bitfit")
+    assert entry.trainable == b.trainable
+    assert config_cost(roberta("adapter.method=bitfit", *overrides), AG_NEWS).trainable() == adapter + HEAD
+
+
 def test_rank_pattern_alpha_pattern_and_layer_selection_count_exactly():
     b, model = built(roberta("adapter.r=4", "adapter.rank_pattern={value: 8}", "adapter.alpha_pattern={value: 64}"))
     assert b.adapter == 12 * (4 + 4 + 8) * 1536
@@ -113,6 +141,7 @@ def test_adalora_budget_is_its_peak_count():
     (["adapter.method=loha", "adapter.bias=all"], "adapter.bias=all is not supported by adapter.method=loha"),
     (["adapter.rank_pattern={value: 0}"], "must be > 0"),
     (["adapter.method=nope"], "adapter.method: 'nope' is not allowed"),
+    (["adapter.layernorm_bias=true"], "layernorm_bias=true is a bitfit setting"),
 ])
 def test_bad_method_settings_are_refused_by_the_config(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -180,6 +209,40 @@ def test_every_method_reloads_with_plain_peft_to_equal_logits(method, head, tiny
         torch.testing.assert_close(reloaded(**_batch()).logits, expected, rtol=0, atol=1e-5)
         merged = merge_and_unload(reloaded)
         torch.testing.assert_close(merged(**_batch()).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_bitfit_layernorm_biases_train_and_reload_with_plain_peft_to_equal_logits(tiny_model_dir, synthetic_csv,
+                                                                                   tmp_path):
+    """Only the biases move (the LayerNorm weights stay as pretrained), and a plain PEFT reload and
+    the merged model give the trained model's logits."""
+    from safetensors.torch import load_file
+
+    from budgetlora.train import train
+
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.method=bitfit", "adapter.layernorm_bias=true",
+                      "adapter.targets=all_linear", "train.max_steps=10", "train.eval_every=10", "train.lr=5e-2")
+    metrics = train(cfg, tmp_path / "run", log=lambda message: None)
+    norms = {n: m for n, m in AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=4)
+             .named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert len(norms) == 5  # 2 layers x 2 + the embeddings'
+    assert metrics["trainable_params"] == 2 * (4 * 64 + 128 + 64) + 5 * 64 + (64 * 64 + 64 + 64 * 4 + 4)
+    saved = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    for name, norm in norms.items():
+        key = f"base_model.model.{name}"  # PEFT saves a modules_to_save copy under the module's own name
+        assert torch.equal(saved[f"{key}.weight"], norm.weight.detach())  # frozen: as pretrained
+        assert not torch.equal(saved[f"{key}.bias"], norm.bias.detach())  # trained
+    reloaded = _plain_peft(tiny_model_dir, tmp_path / "run" / "adapter")
+    unmerged, _, _, _ = load_run(tmp_path / "run", merge=False)
+    merged, _, _, _ = load_run(tmp_path / "run")
+    with torch.no_grad():
+        expected = unmerged(**_batch()).logits
+        torch.testing.assert_close(reloaded(**_batch()).logits, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(merged(**_batch()).logits, expected, rtol=0, atol=1e-5)
+    model = build_model(cfg, AG_NEWS)  # the trained weights are the built model's + trained biases only
+    model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["trainable"],
+                          strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**_batch()).logits, expected, rtol=0, atol=1e-5)
 
 
 def test_pissa_is_saved_as_a_plain_lora_of_twice_the_rank(tiny_model_dir, synthetic_csv, tmp_path):
@@ -284,3 +347,55 @@ def test_adalora_allocates_ranks_while_training(tiny_model_dir, synthetic_csv, t
     assert len(ranks) == 6 and sum(ranks.values()) == 6  # 6 modules x target_r 1 kept of 6 x 4
     budget = json.loads((out / "budget.json").read_text())
     assert budget["adapter"] == 6 * (4 * (64 + 64) + 4)  # the peak (init_r) count is what was budgeted
+
+
+def test_adalora_killed_mid_allocation_resumes_to_the_same_ranks_and_weights(tiny_model_dir, synthetic_csv, tmp_path,
+                                                                            monkeypatch):
+    """Killed between tinit and tfinal, a resumed run must carry on the rank allocator (importance
+    scores, ranks) from the checkpoint, not start it afresh: same masks, weights and metrics."""
+    from safetensors.torch import load_file
+
+    train_module = importlib.import_module("budgetlora.train")
+    quiet = dict(log=lambda message: None)
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.method=adalora", "adapter.r=4", "adapter.target_r=1",
+                      "adapter.tinit=4", "adapter.tfinal=8", "train.max_steps=24", "train.eval_every=6",
+                      "head.type=mean")  # allocation: steps 5..15 of 24, masks every step
+    full = train_module.train(cfg, tmp_path / "full", **quiet)
+
+    real_save = train_module._save_checkpoint
+    killed_at = {}
+
+    def save_then_die(out, state):
+        real_save(out, state)
+        if state["step"] == 12:
+            killed_at.update(torch.load(out / "checkpoint" / "state.pt", weights_only=False))
+            raise KeyboardInterrupt  # killed right after the checkpoint of step 12
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(cfg, tmp_path / "killed", **quiet)
+    # the kill really is mid-allocation: some ranks pruned, more than target_r still kept, scores in flight
+    kept = sum(sum(mask) for mask in killed_at["method"]["rank_pattern"].values())
+    assert 6 * 1 < kept < 6 * 4
+    assert killed_at["method"]["exp_avg_ipt"]
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = train_module.train(None, tmp_path / "killed", resume=True, **quiet)
+
+    assert resumed["val"]["loss"] == full["val"]["loss"] and resumed["best_step"] == full["best_step"]
+    for name in ("full", "killed"):
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["val"]["accuracy"] == full["val"]["accuracy"]
+    wa = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = json.loads((tmp_path / "full" / "adapter" / "adapter_config.json").read_text())
+    cb = json.loads((tmp_path / "killed" / "adapter" / "adapter_config.json").read_text())
+    assert ca["rank_pattern"] == cb["rank_pattern"] and sum(map(sum, ca["rank_pattern"].values())) == 6
+    sa = torch.load(tmp_path / "full" / "checkpoint" / "state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=False)
+    assert all(torch.equal(sa["trainable"][k], sb["trainable"][k]) for k in sa["trainable"])  # the last step too
+    assert sa["method"]["rank_pattern"] == sb["method"]["rank_pattern"]
+    history = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("full", "killed")]
+    same = ("step", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "train_accuracy")
+    assert [{k: r[k] for k in same} for r in history[0]] == [{k: r[k] for k in same} for r in history[1]]
+    assert [r["step"] for r in history[1]] == [6, 12, 18, 24]
