@@ -23,6 +23,7 @@ Ablations: append modifiers with "+" to any pipeline, e.g. ``budgetlora+b16``,
   +dynpad   dynamic padding (Trainer)    +maxpad             pad to max length (Trainer)
   +nodrop   LoRA dropout 0 (changes the recipe: a speed ablation only)
   +fp32     force fp32                   +bf16               force bf16 autocast
+  +tokens   budgetlora with train.batching=tokens (batches of about equal tokens)
 
 Length of training. ``--max-steps S`` is the number of optimizer steps at batch 32; every
 pipeline trains on the same number of samples (S x 32), so a batch-16 pipeline takes 2 S
@@ -309,6 +310,7 @@ class Spec:
     pad_to_max: bool
     group_by_length: bool
     dropout: float
+    batching: str = "rows"  # budgetlora's train.batching
 
 
 def parse_spec(text: str) -> Spec:
@@ -341,6 +343,8 @@ def parse_spec(text: str) -> Spec:
             spec.dropout = 0.0
         elif mod in ("fp32", "bf16"):
             spec.precision = mod
+        elif mod == "tokens" and spec.kind == "budgetlora":
+            spec.batching = "tokens"
         else:
             raise SystemExit(f"unknown modifier +{mod} in {text!r}")
     return spec
@@ -400,6 +404,7 @@ def budgetlora_config(spec: Spec, args, model_path: str, seed: int, steps: int |
         "head.type=standard",  # the model's own head, trained fully (as modules_to_save in the Trainer runs)
         f"train.precision={spec.precision}",
         "train.progress=false",
+        *(["train.batching=tokens"] if spec.batching == "tokens" else []),
         *out_extra,
     ]
     if steps is not None:
@@ -905,7 +910,7 @@ def main(argv=None) -> int:
     p.add_argument("--published-samples", type=int, default=None,
                    help="cap on training samples of padded Trainer pipelines (slow on CPU); default: no cap")
     p.add_argument("--pipelines", default="trainer-published,trainer-tuned,budgetlora",
-                   help="comma-separated, run in this order; modifiers: +bN +nogroup +group +dynpad +maxpad +nodrop +fp32 +bf16")
+                   help="comma-separated, run in this order; modifiers: +bN +nogroup +group +dynpad +maxpad +nodrop +fp32 +bf16 +tokens")
     p.add_argument("--seeds", default="42", help="comma-separated seeds (split, init, order)")
     p.add_argument("--repeat", type=int, default=1, help="run the pipeline list this many times per seed, "
                    "interleaved (A B C A B C); the table shows means, the JSON every run")

@@ -101,6 +101,9 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"min": 1})
     eval_batch_size: int = field(default=128, metadata={"min": 1})
     group_by_length: bool = True  # batches of similar-length rows: little padding
+    # rows: batch_size rows per batch; tokens: as many batches, each about the same number of tokens
+    # (batch_size rows on average; wide batches of short rows, narrow ones of long rows)
+    batching: str = field(default="rows", metadata=_choice("rows", "tokens"))
     lr: float = field(default=2e-4, metadata={"min_exclusive": 0})
     weight_decay: float = field(default=0.0, metadata={"min": 0})
     scheduler: str = field(default="linear", metadata=_choice("linear", "cosine", "constant"))

@@ -389,6 +389,39 @@ def train_order(n: int, seed: int, epoch: int, lengths: np.ndarray | None = None
     return np.concatenate([blocks.reshape(-1), order[full * batch_size :]])
 
 
+def epoch_batches(n: int, seed: int, epoch: int, lengths: np.ndarray | None, batch_size: int,
+                  by_tokens: bool = False, group: int = 50) -> list[np.ndarray]:
+    """The batches (row indices) of one epoch, ceil(n / batch_size) of them, a pure function of
+    the arguments (resume replays it).
+
+    by_tokens=False: `train_order` cut into batch_size rows. by_tokens=True: the same number of
+    batches, each holding about the same number of tokens instead of the same number of rows.
+    Written here because neither transformers nor datasets has a length-bucketed sampler that keeps
+    the step count fixed: within each mega-batch (rows shuffled, then sorted by length) the cut
+    points split the cumulative token count evenly, so short rows travel in wide batches and long
+    rows in narrow ones (batch_size rows on average, at most about the mean batch's tokens plus
+    one row), then the batches are shuffled.
+    """
+    if not by_tokens or lengths is None or batch_size <= 1:
+        order = train_order(n, seed, epoch, lengths, batch_size, group)
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    batches = []
+    mega = batch_size * group
+    for start in range(0, n, mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        k = -(-len(chunk) // batch_size)
+        cumulative = np.cumsum(lengths[chunk])
+        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, k) / k, side="left") + 1
+        for j in range(len(cuts)):  # every batch keeps at least one row
+            low = cuts[j - 1] + 1 if j else 1
+            cuts[j] = min(max(cuts[j], low), len(chunk) - (k - 1 - j))
+        batches += np.split(chunk, cuts)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def eval_batches(token_ids: list[np.ndarray], batch_size: int, pad_id: int, labels: np.ndarray | None = None):
     """Batches sorted by length (little padding); each Batch.index says which rows it holds."""
     order = np.argsort([len(t) for t in token_ids], kind="stable")

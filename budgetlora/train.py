@@ -35,7 +35,7 @@ from . import budget, methods, tracking
 from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
-from .data import collate, encode_labels, infer_label_names, read_table, tokenize, train_order, train_val_indices
+from .data import collate, encode_labels, infer_label_names, read_table, tokenize, epoch_batches, train_val_indices
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
@@ -158,7 +158,8 @@ def train(
             teacher = torch.from_numpy(teacher_logits(
                 cfg.distill.teacher, [texts[i] for i in train_idx] + extra_texts, label_names,
                 max_length=cfg.model.max_length, batch_size=cfg.train.eval_batch_size, log=log))
-    lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length else None
+    by_tokens = cfg.train.batching == "tokens"  # sorts by length itself, group_by_length or not
+    lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length or by_tokens else None
 
     # ---- run directory (written by the main process only)
     if not resume and main_process:
@@ -213,13 +214,14 @@ def train(
     window, window_steps, window_rows = torch.zeros(2, device=accelerator.device), 0, 0
     since_eval, since_eval_rows, since_eval_steps = torch.zeros(2, device=accelerator.device), 0, 0
     phase_start = time.perf_counter()  # training time excludes evaluations and checkpoints
-    order, order_epoch = None, None
+    batches, order_epoch = None, None
     parallel_model.train()
     while step < total_steps and not stopped_early:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = train_order(len(train_ids), cfg.train.seed, epoch, lengths, cfg.train.batch_size), epoch
-        rows = order[position * cfg.train.batch_size : (position + 1) * cfg.train.batch_size]
+            batches, order_epoch = epoch_batches(len(train_ids), cfg.train.seed, epoch, lengths, cfg.train.batch_size,
+                                                 by_tokens=by_tokens), epoch
+        rows = batches[position]
         mine = np.array_split(rows, world)[rank]
         # summed loss x processes / global batch: after DDP averages the processes' gradients,
         # the step is the mean over the global batch, exactly as in one process

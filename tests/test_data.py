@@ -7,7 +7,7 @@ import pytest
 
 from budgetlora.config import DataConfig
 from budgetlora.data import (
-    AG_NEWS_LABELS, encode_labels, infer_label_names, read_table, split_train_val, tokenize, train_order,
+    AG_NEWS_LABELS, encode_labels, epoch_batches, infer_label_names, read_table, split_train_val, tokenize, train_order,
 )
 from budgetlora.errors import UserError
 
@@ -183,3 +183,34 @@ def test_length_grouped_order_is_a_permutation_with_little_padding():
     plain = train_order(1003, seed=1, epoch=0)
     assert padded(order) < 0.7 * padded(plain)  # far fewer padding tokens than random batches
     assert not (order[:16] == train_order(1003, 1, 1, lengths, 16, 10)[:16]).all()
+
+
+def test_token_batches_keep_the_step_count_and_even_out_tokens():
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(3.9, 0.35, 3000).astype(int), 5, 256)  # AG News-like
+    for n, bs in [(3000, 32), (3000, 7), (33, 32), (3, 32), (100, 1)]:
+        tok = epoch_batches(n, 1, 0, lengths[:n], bs, by_tokens=True)
+        rows = epoch_batches(n, 1, 0, lengths[:n], bs)
+        assert len(tok) == len(rows) == -(-n // bs)  # same steps per epoch as row batches
+        assert np.array_equal(np.sort(np.concatenate(tok)), np.arange(n))  # every row once
+        assert min(len(b) for b in tok) >= 1
+    tok = epoch_batches(3000, 1, 0, lengths, 32, by_tokens=True)
+    rows = epoch_batches(3000, 1, 0, lengths, 32)
+    real = [int(lengths[b].sum()) for b in tok]
+    padded = [len(b) * int(lengths[b].max()) for b in tok]
+    row_padded = [len(b) * int(lengths[b].max()) for b in rows]
+    assert max(real) <= np.mean(real) + lengths.max()  # cut where the cumulative tokens cross
+    assert max(padded) < 0.6 * max(row_padded)  # the largest batch is much smaller
+    assert sum(padded) <= 1.02 * sum(row_padded)  # and padding no worse than length grouping
+    assert len({len(b) for b in tok}) > 5  # wide batches of short rows, narrow ones of long rows
+    again = epoch_batches(3000, 1, 0, lengths, 32, by_tokens=True)
+    assert all(np.array_equal(a, b) for a, b in zip(tok, again))  # a function of seed and epoch
+    other = epoch_batches(3000, 1, 1, lengths, 32, by_tokens=True)
+    assert not all(np.array_equal(a, b) for a, b in zip(tok, other))
+
+
+def test_row_batches_are_the_epoch_order_cut_in_batch_size():
+    lengths = np.arange(50) % 13 + 1
+    order = train_order(50, 3, 2, lengths, 8)
+    batches = epoch_batches(50, 3, 2, lengths, 8)
+    assert np.array_equal(np.concatenate(batches), order) and [len(b) for b in batches] == [8] * 6 + [2]

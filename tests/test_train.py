@@ -76,8 +76,10 @@ def test_early_stopping_keeps_and_restores_the_best(tiny_model_dir, synthetic_cs
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == len(history)
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch):
-    cfg = tiny_config(tiny_model_dir, synthetic_csv, "train.epochs=3", "train.eval_every=20")
+@pytest.mark.parametrize("batching", ["rows", "tokens"])
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch, batching):
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "train.epochs=3", "train.eval_every=20",
+                      f"train.batching={batching}")
     full = train(cfg, tmp_path / "full", **quiet)
 
     real_save = train_module._save_checkpoint
