@@ -51,6 +51,13 @@ CANDIDATES = {
     "all_linear-standard": (["adapter.targets=all_linear", "head.type=standard", *TUNED], True),
     "all_linear-linear": (["adapter.targets=all_linear", "head.type=linear", *TUNED], True),
     "all_linear-mean": (["adapter.targets=all_linear", "head.type=mean", *TUNED], True),
+    # other methods and a layer subset, same head and training settings as the winner above
+    "dora-all_linear-mean": (["adapter.method=dora", "adapter.targets=all_linear", "head.type=mean", *TUNED], True),
+    "adalora-all_linear-mean": (["adapter.method=adalora", "adapter.targets=all_linear", "head.type=mean", *TUNED], True),
+    "loha-all_linear-mean": (["adapter.method=loha", "adapter.targets=all_linear", "head.type=mean", *TUNED], True),
+    "top-half-all_linear-mean": (["adapter.targets=all_linear", "adapter.top_layers={half}", "head.type=mean",
+                                  *TUNED], True),
+    "ia3-all_linear-mean": (["adapter.method=ia3", "adapter.targets=all_linear", "head.type=mean", *TUNED], False),
 }
 
 
@@ -75,10 +82,13 @@ def base_overrides(args) -> list[str]:
 def candidate_trials(args, label_names) -> list[dict]:
     from budgetlora import fill, load_config
 
+    from transformers import AutoConfig
+
+    half = max(1, AutoConfig.from_pretrained(args.model).num_hidden_layers // 2)  # "{half}": top half of the layers
     trials = []
     for name in args.candidates:
         overrides, fill_rank = CANDIDATES[name]
-        sets = [*base_overrides(args), *overrides]
+        sets = [*base_overrides(args), *(o.replace("{half}", str(half)) for o in overrides)]
         if fill_rank:
             filled, _ = fill(load_config(None, sets), label_names)
             r = filled.adapter.r
