@@ -367,6 +367,13 @@ def collate(token_ids: list[np.ndarray], index: np.ndarray, pad_id: int, labels:
     return Batch(torch.from_numpy(ids), torch.from_numpy(mask), y, index)
 
 
+def _sort_mega_batches(order: np.ndarray, lengths: np.ndarray, mega: int) -> None:
+    """Sort each run of `mega` rows of `order` by length, longest first, in place."""
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        order[start : start + mega] = chunk[np.argsort(-lengths[chunk], kind="stable")]
+
+
 def train_order(n: int, seed: int, epoch: int, lengths: np.ndarray | None = None, batch_size: int = 1,
                 group: int = 50) -> np.ndarray:
     """The row order of one epoch: a pure function of its arguments, so resume can replay it.
@@ -380,10 +387,7 @@ def train_order(n: int, seed: int, epoch: int, lengths: np.ndarray | None = None
     order = rng.permutation(n)
     if lengths is None or batch_size <= 1:
         return order
-    mega = batch_size * group
-    for start in range(0, n, mega):
-        chunk = order[start : start + mega]
-        order[start : start + mega] = chunk[np.argsort(-lengths[chunk], kind="stable")]
+    _sort_mega_batches(order, lengths, batch_size * group)
     full = n // batch_size
     blocks = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
     return np.concatenate([blocks.reshape(-1), order[full * batch_size :]])
@@ -407,11 +411,11 @@ def epoch_batches(n: int, seed: int, epoch: int, lengths: np.ndarray | None, bat
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
-    batches = []
     mega = batch_size * group
+    _sort_mega_batches(order, lengths, mega)
+    batches = []
     for start in range(0, n, mega):
         chunk = order[start : start + mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         k = -(-len(chunk) // batch_size)
         cumulative = np.cumsum(lengths[chunk])
         cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, k) / k, side="left") + 1

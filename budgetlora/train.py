@@ -35,7 +35,7 @@ from . import budget, methods, tracking
 from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
-from .data import collate, encode_labels, infer_label_names, read_table, tokenize, epoch_batches, train_val_indices
+from .data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
