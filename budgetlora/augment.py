@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import files
 from .clean import collapse_whitespace, english_stopwords, nltk_corpus
 from .config import DataConfig
 from .data import AG_NEWS_LABELS, collate, encode_labels, infer_label_names, read_table, tokenize
@@ -98,13 +99,8 @@ def synonym_copies(texts: list[str], rate: float, copies: int, seed: int, protec
 
 
 def _write_csv(frame: pd.DataFrame, out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another output file or pass --overwrite")
-    if not out.parent.exists():
-        raise UserError(f"folder {out.parent} does not exist; create it or choose another output file")
-    tmp = out.with_name(out.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(out)
+    files.check_new_file(out, overwrite=overwrite, flag="output file")
+    files.write_csv(out, frame)
 
 
 def synonyms_file(source: str, out: str | Path, data_cfg: DataConfig | None = None, *, rate: float = 0.1,

@@ -88,12 +88,14 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from . import files
     from .evaluate import evaluate_run
 
+    if args.out:  # checked before the work, not after it
+        files.check_new_file(args.out, overwrite=args.overwrite)
     result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        files.write_json(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -249,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override data settings, e.g. --set data.text_column=body")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
     p.set_defaults(func=_cmd_evaluate)
@@ -359,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+    except OSError as e:  # disk full, permission denied, ... where no writer named its file
+        from .files import os_error_line
+
+        print(f"budgetlora: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("budgetlora: interrupted (a training run can continue with --resume)", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
+from . import files, plots
 from .errors import UserError
 from .report import read_run
 
@@ -88,7 +88,7 @@ def write_comparison(frame: pd.DataFrame, out: str | Path) -> dict:
         raise UserError(f"--out {out} is a file; give a folder for compare.csv, compare.md and compare.png")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "compare.csv", "markdown": out / "compare.md", "plot": out / "compare.png"}
-    frame.to_csv(paths["csv"], index=False)
-    paths["markdown"].write_text(to_markdown(frame), encoding="utf-8")
+    files.write_csv(paths["csv"], frame)
+    files.write_text(paths["markdown"], to_markdown(frame))
     plots.accuracy_vs_cost(frame.to_dict("records"), paths["plot"])
     return paths

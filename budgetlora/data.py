@@ -23,7 +23,7 @@ import torch
 
 from .clean import Cleaner
 from .config import DataConfig
-from .errors import UserError
+from .errors import UserError, warn
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 
@@ -314,21 +314,42 @@ def _fingerprint(texts: list[str], tokenizer, max_length: int) -> str:
 
 
 def tokenize(texts: list[str], tokenizer, max_length: int, use_cache: bool = True) -> list[np.ndarray]:
-    """Token ids per text (truncated, unpadded); cached on disk by content + tokenizer hash."""
+    """Token ids per text (truncated, unpadded); cached on disk by content + tokenizer hash.
+
+    It is a cache: an entry that cannot be read back (truncated, corrupt) is deleted and rebuilt,
+    and one that cannot be written (disk full, read-only) costs a warning, never the run.
+    """
+    fingerprint = _fingerprint(texts, tokenizer, max_length)
+    if use_cache:
+        path = cache_dir() / f"{fingerprint}.arrow"
+        existed = path.is_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _map_tokenizer(texts, tokenizer, max_length, fingerprint, path)
+        except Exception as e:  # noqa: BLE001 -- arrow, OS and datasets errors all mean "no usable cache"
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+            if existed:
+                warn(f"token cache {path} is unreadable ({reason}); deleted, tokenising again")
+                path.unlink(missing_ok=True)
+                return tokenize(texts, tokenizer, max_length, use_cache)
+            warn(f"token cache not written to {path.parent} ({reason}); tokenising in memory")
+            path.unlink(missing_ok=True)
+    return _map_tokenizer(texts, tokenizer, max_length, fingerprint, None)
+
+
+def _map_tokenizer(texts: list[str], tokenizer, max_length: int, fingerprint: str, cache_file: Path | None):
+    """`datasets.Dataset.map` of the tokenizer, read from / written to `cache_file` when given."""
     import datasets
 
     def encode(batch):
         return {"input_ids": tokenizer(batch["text"], truncation=True, max_length=max_length)["input_ids"]}
 
     ds = datasets.Dataset.from_dict({"text": texts})
-    fingerprint = _fingerprint(texts, tokenizer, max_length)
     # our own fingerprint: without it `datasets` dill-pickles the tokenizer to hash `encode`,
     # which costs seconds per call (measured: 5.7 s of a 28 s tiny run)
     kwargs = dict(batched=True, batch_size=2000, remove_columns=["text"], new_fingerprint=fingerprint)
-    if use_cache:
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        kwargs.update(cache_file_name=str(folder / f"{fingerprint}.arrow"))
+    if cache_file is not None:
+        kwargs.update(cache_file_name=str(cache_file))
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -336,8 +357,10 @@ def tokenize(texts: list[str], tokenizer, max_length: int, use_cache: bool = Tru
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
-    ds = ds.with_format("numpy")
-    return [np.asarray(ids, dtype=np.int64) for ids in ds["input_ids"]]
+    ids = [np.asarray(row, dtype=np.int64) for row in ds.with_format("numpy")["input_ids"]]
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} rows cached for {len(texts)} texts")
+    return ids
 
 
 # ---------------------------------------------------------------- batching

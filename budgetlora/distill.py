@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import files
 from .data import cache_dir, tokenize
-from .errors import UserError
+from .errors import UserError, warn
 
 
 def _is_run(path: Path) -> bool:
@@ -96,18 +97,36 @@ def teacher_logits(teacher: str, texts: list[str], label_names: list[str], *, ma
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass") + b"\x00")
     path = cache_dir().parent / "teacher" / f"{key.hexdigest()[:24]}.npy"
-    if path.is_file():
-        log(f"teacher logits for {len(texts)} rows read from the cache ({path.name})")
-        return np.load(path)
+    cached = _read_cached_logits(path, len(texts), log)
+    if cached is not None:
+        return cached
     model, tokenizer, cleaner, teacher_length, teacher_names = _load_teacher(teacher, max_length)
     columns = _columns(teacher_names, label_names, teacher)
     log(f"computing teacher logits ({teacher}) for {len(texts)} training rows")
     ids = tokenize(cleaner.apply(texts), tokenizer, teacher_length)
     logits = compute_logits(model, ids, batch_size, pad_id_of(tokenizer))[:, columns]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, logits)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, logits)
+    except (UserError, OSError) as e:  # a cache: the run goes on without it
+        warn(f"teacher logits not cached ({e})")
+    return logits
+
+
+def _read_cached_logits(path: Path, rows: int, log) -> np.ndarray | None:
+    """The cached teacher logits, or None; a truncated or corrupt cache file is deleted (it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        logits = np.load(path)
+        if logits.ndim != 2 or len(logits) != rows:
+            raise ValueError(f"shape {logits.shape}, expected {rows} rows")
+    except Exception as e:  # noqa: BLE001 -- any unreadable cache entry is rebuilt
+        warn(f"teacher-logit cache {path} is corrupt ({type(e).__name__}: {e}); deleted, recomputing")
+        files.remove(path)
+        return None
+    log(f"teacher logits for {rows} rows read from the cache ({path.name})")
     return logits
 
 

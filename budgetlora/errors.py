@@ -7,3 +7,10 @@ bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the problem and how to fix it, in one line."""
+
+
+def warn(message: str) -> None:
+    """A warning the user should see, as one line on stderr (Python's warnings take two)."""
+    import sys
+
+    print(f"budgetlora: warning: {message}", file=sys.stderr)

@@ -35,7 +35,6 @@ call `prepare_head(base, "linear" | "mean")` on the base model before
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 import weakref
@@ -45,9 +44,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import methods
+from . import files, methods, rundir
 from .config import HEAD_TYPES, Config
-from .errors import UserError
+from .errors import UserError, warn
 
 LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layer|layers|h|blocks|block)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
@@ -462,18 +461,20 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
 
     Under head.type=standard_lora the frozen (randomly initialised) base weights of the LoRA'd
     head layers are added to adapter_model.safetensors, so that plain PEFT reload reproduces them.
+    The folder is built beside `folder` and swapped in complete (files.staged_dir).
     """
-    methods.save_pretrained(model, Path(folder))  # PEFT's (PiSSA/OLoRA converted to plain LoRA)
-    extra = head_lora_base_weights(model)
-    if extra:
-        from safetensors.torch import load_file, save_file
+    with files.staged_dir(folder) as staging:
+        methods.save_pretrained(model, staging)  # PEFT's (PiSSA/OLoRA converted to plain LoRA)
+        extra = head_lora_base_weights(model)
+        if extra:
+            from safetensors.torch import load_file, save_file
 
-        path = Path(folder) / "adapter_model.safetensors"
-        tensors = load_file(str(path))
-        tensors.update(extra)
-        save_file(tensors, str(path), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+            path = staging / "adapter_model.safetensors"
+            tensors = load_file(str(path))
+            tensors.update(extra)
+            save_file(tensors, str(path), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
 
 
 def merge_and_unload(model) -> nn.Module:
@@ -489,6 +490,19 @@ def merge_and_unload(model) -> nn.Module:
     return model.merge_and_unload()
 
 
+def load_adapter(backbone: nn.Module, adapter: Path):
+    """PeftModel.from_pretrained; a truncated or corrupt adapter folder is one UserError."""
+    from peft import PeftModel
+
+    fix = ("rerun the training: `budgetlora train --resume` rewrites it from an intact checkpoint, "
+           "else start again with --overwrite")
+    files.read_json(adapter / "adapter_config.json", fix)  # a corrupt config: our message, not PEFT's
+    try:
+        return PeftModel.from_pretrained(backbone, str(adapter))
+    except Exception as e:  # noqa: BLE001 -- safetensors header/size errors, missing or misshapen tensors
+        raise files.corrupt(adapter / "adapter_model.safetensors", e, fix) from None
+
+
 def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool = True):
     """(model, tokenizer, config, label_names) of a finished run, in eval mode.
 
@@ -496,24 +510,23 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
     transformers model with no adapter branches, which predicts faster and gives the same
     logits up to float rounding.
     """
-    from peft import PeftModel
-
-    from .config import load_config
-
     run_dir = Path(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file() or not (run_dir / "config.yaml").is_file():
+    adapter = files.readable_dir(run_dir / rundir.ADAPTER)  # the old copy while a save swaps it
+    if not (adapter / "adapter_config.json").is_file() or not (run_dir / rundir.CONFIG).is_file():
         raise UserError(f"{run_dir} is not a finished budgetlora run (no adapter/ or config.yaml); give the --out folder of `budgetlora train`")
-    cfg = load_config(run_dir / "config.yaml")
+    note = rundir.unfinished_note(run_dir)
+    if note:
+        warn(note)
+    cfg = rundir.read_config(run_dir)
     if model_name:
         cfg.model.name = model_name
-    label_names = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    label_names = rundir.read_labels(run_dir)
     quantization = None
     if cfg.adapter.method == "qlora":  # the 4-bit base it was trained on; not merged (requantising rounds)
         quantization, merge = methods.qlora_quantization(skip_modules=["classifier", "score", "pooler"]), False
     backbone = load_backbone(cfg.model.name, label_names, quantization=quantization)
     prepare_head(backbone, cfg.head.type)  # linear/mean: the pooling head plain PEFT cannot rebuild
-    model = PeftModel.from_pretrained(backbone, str(adapter))
+    model = load_adapter(backbone, adapter)
     if merge:
         model = merge_and_unload(model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict on the GPU when there is one

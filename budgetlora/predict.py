@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from . import files
 from .evaluate import softmax, table_logits
 
 
@@ -38,9 +38,7 @@ def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, la
         columns.append("LabelName")
     if probabilities:
         columns += [c for c in frame.columns if c.startswith("prob_")]
-    tmp = out.with_name(out.name + ".tmp")
-    frame[columns].to_csv(tmp, index=False)
-    tmp.replace(out)
+    files.write_csv(out, frame[columns])
     return frame[columns]
 
 
@@ -58,11 +56,7 @@ def predict_file(
     from .data import read_table
     from .model import load_run
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    if not out.parent.exists():
-        raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
+    out = files.check_new_file(out, overwrite=overwrite)
     model, tokenizer, cfg, label_names = load_run(run_dir)
     table = read_table(data, cfg.data, split="test", need_labels=False, trust_pickle=trust_pickle)
     frame = prediction_frame(table, table_logits(model, tokenizer, cfg, table), label_names)

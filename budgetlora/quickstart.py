@@ -8,11 +8,11 @@ evaluates on the held-out sample and writes a Kaggle-style predictions file.
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
 
+from . import files
 from .config import load_config
 from .data import encode_labels, read_table
 from .errors import UserError
@@ -56,7 +56,7 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
     logits = table_logits(model, tokenizer, cfg, table)
     metrics = full_metrics(logits, encode_labels(table, label_names), label_names, seed=cfg.train.seed)
     metrics["data"] = str(eval_file)
-    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    files.write_json(out / "eval_metrics.json", metrics)
     predictions = out / "predictions.csv"
     write_predictions(prediction_frame(table, logits, label_names), predictions,
                       probabilities=False, label_names_column=True)
@@ -71,7 +71,7 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
         "eval_metrics": str(out / "eval_metrics.json"),
         "predictions": str(predictions),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    files.write_json(out / "summary.json", summary)
     low, high = summary["eval_accuracy_ci95"]
     log(
         f"\nquickstart done in {summary['wall_seconds']:.0f} s: accuracy {summary['eval_accuracy']:.4f} "

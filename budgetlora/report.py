@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .config import load_config
+from . import files, plots, rundir
 from .errors import UserError
 from .schedule import lr_schedule
 
@@ -44,17 +43,16 @@ def read_run(run_dir: str | Path) -> dict:
     if missing:
         raise UserError(f"{run_dir} is not a finished run (no {', '.join(missing)}); train it to the end first, "
                         f"or `budgetlora train --resume --out {run_dir}`")
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+    fix = "rerun the training with --overwrite"
     train_log = pd.read_csv(run_dir / "train_log.csv").to_dict("records") if (run_dir / "train_log.csv").is_file() else []
     return {
         "dir": run_dir,
         "name": run_dir.resolve().name,
         "config_text": (run_dir / "config.yaml").read_text(encoding="utf-8"),
-        "config": load_config(run_dir / "config.yaml"),
-        "budget": json.loads((run_dir / "budget.json").read_text(encoding="utf-8")),
-        "metrics": json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")),
-        "history": history,
+        "config": rundir.read_config(run_dir),
+        "budget": files.read_json(run_dir / "budget.json", fix),
+        "metrics": files.read_json(run_dir / "metrics.json", fix),
+        "history": files.read_jsonl(run_dir / "metrics.jsonl"),
         "train_log": train_log,
     }
 
@@ -283,7 +281,5 @@ def write_report(run_dir: str | Path) -> dict:
     blocks = _blocks(run, figures)
     md_path, html_path = run["dir"] / "report.md", run["dir"] / "report.html"
     for path, text in ((md_path, to_markdown(blocks, run["dir"])), (html_path, to_html(blocks, blocks[0][1]))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        files.write_text(path, text)
     return {"markdown": md_path, "html": html_path, "plots": sorted(figures.values())}

@@ -44,9 +44,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from . import files, rundir
 from .config import load_config
 from .errors import UserError
-from .train import CHECKPOINT, train
+from .train import train
 
 METRICS = {  # name -> (path into metrics.json, higher is better)
     "val_accuracy": (("val", "accuracy"), True),
@@ -169,9 +170,10 @@ def run_trial(trial: dict, seed: int, run_dir: Path, log=print) -> dict:
     """Train one trial at one seed (or read/resume what an earlier sweep left); one table row."""
     row = {"trial": trial["name"], "seed": seed, "run_dir": str(run_dir), "overrides": " ".join(trial["set"])}
     try:
-        if (run_dir / "metrics.json").is_file():
-            metrics, status = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), "done (earlier)"
-        elif (run_dir / CHECKPOINT).is_file():
+        if rundir.is_finished(run_dir):
+            metrics = files.read_json(run_dir / rundir.METRICS, f"delete {run_dir} and rerun the sweep")
+            status = "done (earlier)"
+        elif rundir.is_started(run_dir) or rundir.is_started(rundir.staging_dir(run_dir)):
             log(f"[sweep] resuming {run_dir}")
             metrics, status = train(None, run_dir, resume=True, log=log), "done (resumed)"
         else:
@@ -236,10 +238,10 @@ def _markdown(summary: pd.DataFrame, metric: str) -> str:
 
 
 def _write_tables(out: Path, rows: list[dict], metric: str) -> pd.DataFrame:
-    pd.DataFrame(rows).to_csv(out / "trials.csv", index=False)
+    files.write_csv(out / "trials.csv", pd.DataFrame(rows))
     summary = summarize(rows, metric)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(_markdown(summary, metric), encoding="utf-8")
+    files.write_csv(out / "summary.csv", summary)
+    files.write_text(out / "summary.md", _markdown(summary, metric))
     return summary
 
 
@@ -253,15 +255,20 @@ def _prepare_out(out: Path, spec: SweepSpec) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a sweep folder; choose another --out")
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(text, encoding="utf-8")
+    files.write_text(spec_file, text)
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, log=print) -> pd.DataFrame:
     """Run (or continue) the sweep into folder `out`; returns the summary table (best first)."""
     out = Path(out)
-    _prepare_out(out, spec)
-    if spec.search == "optuna":
-        return _run_optuna(spec, out, log)
+    with files.FolderLock(out, "sweep folder"):  # one sweep process per folder (each trial's run is locked too)
+        _prepare_out(out, spec)
+        if spec.search == "optuna":
+            return _run_optuna(spec, out, log)
+        return _run_grid(spec, out, log)
+
+
+def _run_grid(spec: SweepSpec, out: Path, log) -> pd.DataFrame:
     rows = []
     for trial in expand(spec):
         for seed in spec.seeds:

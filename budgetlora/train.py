@@ -6,23 +6,14 @@ device and mixed precision (bf16 autocast on a GPU). The batching is ours (dynam
 over pre-tokenised rows, order a pure function of seed and epoch) because that is what lets a
 killed run resume exactly where it stopped.
 
-Run directory:
-    config.yaml      resolved config            labels.json    class names
-    budget.json      trainable-parameter breakdown
-    metrics.jsonl    one line per evaluation    metrics.json   final metrics (val, test)
-    train_log.csv    loss, accuracy, lr every train.log_every steps
-    val_predictions.csv  validation rows with true and predicted class and confidence
-    report.md, report.html, plots/   the run report (train.report)
-    tensorboard/     TensorBoard events (train.tracker)
-    adapter/         best adapter + head, PEFT format (+ tokenizer)
-    checkpoint/      state for --resume (latest evaluation)
+The run directory (its files, its owner, --overwrite and checkpoints) is `rundir`'s; every
+file is written through `files`, complete under its final name or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,25 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget, methods, tracking
+from . import budget, files, methods, rundir, tracking
 from .augment import training_extras
 from .clean import length_filter
-from .config import Config, load_config
+from .config import Config
 from .data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
 from .model import build_model, load_tokenizer, save_adapter, trainable_state
-
-CHECKPOINT = "checkpoint/state.pt"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
 
 def _accelerator(precision: str, **tracking_kwargs):
     from accelerate import Accelerator
@@ -79,14 +61,25 @@ def _better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "val_loss" else value > best
 
 
-def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber an existing run before anything is loaded."""
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise UserError(f"nothing to resume in {out} (no {CHECKPOINT}); start it without --resume")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"run directory {out} already exists; choose another --out, pass --overwrite, or --resume it")
+def _claim(out: Path, *, overwrite: bool, resume: bool):
+    """(plan, lock): the main process owns the run directory (rundir.claim); with several
+    processes every one learns the plan, or the one-line refusal, from it."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    plan = lock = refusal = None
+    if state.is_main_process:
+        try:
+            plan, lock = rundir.claim(out, overwrite=overwrite, resume=resume)
+        except UserError as e:
+            refusal = str(e)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        plan, refusal = broadcast_object_list([plan, refusal])
+    if refusal:
+        raise UserError(refusal)
+    return plan, lock
 
 
 def train(
@@ -98,11 +91,24 @@ def train(
     trust_pickle: bool = False,
     log=print,
 ) -> dict:
-    """Train `cfg` into run directory `out`; returns the final metrics (also in metrics.json)."""
-    out = Path(out)
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    if resume:
-        cfg = load_config(out / "config.yaml")
+    """Train `cfg` into run directory `out`; returns the final metrics (also in metrics.json).
+
+    `out` is owned by this call from start to end: another train (or resume, or sweep trial)
+    into it is refused. overwrite=True keeps the old run until the new one has finished."""
+    plan, lock = _claim(Path(out), overwrite=overwrite, resume=resume)
+    try:
+        return _run(cfg, plan, trust_pickle=trust_pickle, log=log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -> dict:
+    out = plan.work  # where this run writes until it has finished (see rundir)
+    if plan.resume:
+        cfg = rundir.read_config(out)
+        if plan.staged:
+            log(f"resuming the interrupted --overwrite of {plan.out} (the old run stays until this one finishes)")
     t_start = time.time()
     accelerator = _accelerator(cfg.train.precision, **tracking.accelerator_kwargs(cfg.train.tracker, out))
     accelerator.wait_for_everyone()  # every process has checked `out` before any writes to it
@@ -113,8 +119,8 @@ def train(
     # ---- data: read, label, split
     table = read_table(cfg.data.train, cfg.data, split="train", trust_pickle=trust_pickle)
     label_names = infer_label_names(table, cfg.data.label_names)
-    if resume:
-        label_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    if plan.resume:
+        label_names = rundir.read_labels(out)
     labels = encode_labels(table, label_names)
     if len(label_names) < 2:
         raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
@@ -162,15 +168,8 @@ def train(
     lengths = np.array([len(t) for t in train_ids]) if cfg.train.group_by_length or by_tokens else None
 
     # ---- run directory (written by the main process only)
-    if not resume and main_process:
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        (out / "checkpoint").mkdir(parents=True)
-        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        _write_json(out / "labels.json", label_names)
-        _write_json(out / "budget.json", breakdown.to_dict())
+    if not plan.resume and main_process:
+        rundir.create(plan, cfg.to_yaml(), label_names, breakdown.to_dict())
     accelerator.wait_for_everyone()
 
     # ---- optimisation (data-parallel over processes when launched with `accelerate launch`)
@@ -184,8 +183,13 @@ def train(
     step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
     best_val_logits = None  # validation logits of the best checkpoint: the final report reuses them
     train_seconds, samples_seen, tokens_seen = 0.0, 0, 0
-    if resume:
-        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = rundir.load_checkpoint(out) if plan.resume else None
+    if plan.resume and state is None:
+        log(f"{out} has no checkpoint yet: restarting it from step 0 with its saved config")
+        if main_process:
+            _truncate_history(out / rundir.HISTORY, 0)
+            _truncate_train_log(out / rundir.TRAIN_LOG, 0)
+    if state is not None:
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -196,8 +200,8 @@ def train(
         methods.load_trainer_state(model, state.get("method"))
         stopped_early = state["stopped_early"]  # a run that stopped early stays stopped
         if main_process:
-            _truncate_history(out / "metrics.jsonl", step)
-            _truncate_train_log(out / "train_log.csv", step)
+            _truncate_history(out / rundir.HISTORY, step)
+            _truncate_train_log(out / rundir.TRAIN_LOG, step)
         log(f"resumed {out} at step {step}/{total_steps}")
     # the scheduler is stepped by hand, once per optimiser step, so it is not prepared
     parallel_model, optimizer = accelerator.prepare(model, optimizer)
@@ -266,7 +270,7 @@ def train(
                    "accuracy": correct_sum / window_rows, "lr": step_lr,
                    "samples_per_s": samples_seen / max(seconds, 1e-9)}
             if main_process:
-                _append_train_log(out / "train_log.csv", row)
+                _append_train_log(out / rundir.TRAIN_LOG, row)
             accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
             window, window_steps, window_rows = torch.zeros_like(window), 0, 0
         if show_bar and step % 10 == 0:
@@ -307,18 +311,17 @@ def train(
             patience = cfg.train.early_stopping_patience
             stopped_early = bool(patience) and bad_evals >= patience and step < total_steps
             if main_process:
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                files.append_line(out / rundir.HISTORY, json.dumps(record))
                 if improved:
-                    save_adapter(model, out / "adapter")
-                _save_checkpoint(out, {
+                    save_adapter(model, out / rundir.ADAPTER)
+                rundir.save_checkpoint(out, {
                     "step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "best_value": best_value, "best_step": best_step,
                     "bad_evals": bad_evals, "best_state": best_state, "train_seconds": train_seconds,
                     "samples_seen": samples_seen, "tokens_seen": tokens_seen, "stopped_early": stopped_early,
                     "best_val_logits": best_val_logits,
                     "method": methods.trainer_state(model),
-                })
+                }, {"step": step, "total_steps": total_steps, "best_step": best_step, "stopped_early": stopped_early})
             message = (f"step {step}/{total_steps} epoch {record['epoch']:.2f} train_loss {record['train_loss']:.4f} "
                        f"val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} val_f1 {val['macro_f1']:.4f} "
                        f"{record['samples_per_s']:.1f} samples/s" + (" *" if best_step == step else ""))
@@ -332,7 +335,7 @@ def train(
     # ---- the best checkpoint, restored and measured in full
     model.load_state_dict(best_state, strict=False)
     if main_process:
-        save_adapter(model, out / "adapter", tokenizer)
+        save_adapter(model, out / rundir.ADAPTER, tokenizer)
     if best_val_logits is None:  # a checkpoint from before best_val_logits was kept
         best_val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
     result = {
@@ -361,19 +364,22 @@ def train(
         result["test"] = full_metrics(_logits(model, test_ids, cfg, pad_id, accelerator), y_test, label_names,
                                       seed=cfg.train.seed)
     if main_process:
-        _write_json(out / "metrics.json", result)
-        _write_val_predictions(out / "val_predictions.csv", [texts[i] for i in val_idx], y_val, best_val_logits,
+        files.write_json(out / rundir.METRICS, result)
+        _write_val_predictions(out / rundir.VAL_PREDICTIONS, [texts[i] for i in val_idx], y_val, best_val_logits,
                                label_names)
     final = {"final/val_accuracy": result["val"]["accuracy"], "final/val_macro_f1": result["val"]["macro_f1"]}
     if "test" in result:
         final.update({"final/test_accuracy": result["test"]["accuracy"], "final/test_macro_f1": result["test"]["macro_f1"]})
     accelerator.log(final, step=step)
-    accelerator.end_training()
-    if main_process and cfg.train.report:
-        _write_report(out, log)
+    accelerator.wait_for_everyone()  # every process is done with the run directory before it moves
+    accelerator.end_training()  # (also ends the process group)
+    if main_process:
+        rundir.finish(plan)  # an --overwrite run replaces the old one only now, finished
+        if cfg.train.report:
+            _write_report(plan.out, log)
     log(f"best {metric} {best_value:.4f} at step {best_step}; val accuracy {result['val']['accuracy']:.4f}"
         + (f", test accuracy {result['test']['accuracy']:.4f}" if "test" in result else "")
-        + f"; run saved in {out}")
+        + f"; run saved in {plan.out}")
     return result
 
 
@@ -401,20 +407,12 @@ def _silent(message: str) -> None:
     pass
 
 
-def _save_checkpoint(out: Path, state: dict) -> None:
-    path = out / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def _truncate_history(path: Path, step: int) -> None:
-    """Drop evaluations logged after the checkpoint we resume from."""
+    """Drop evaluations logged after the checkpoint we resume from (and a partial last line)."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [record for record in files.read_jsonl(path) if record.get("step", step + 1) <= step]
+    files.write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def _write_val_predictions(path: Path, texts: list[str], labels: np.ndarray, logits: np.ndarray,
@@ -428,9 +426,7 @@ def _write_val_predictions(path: Path, texts: list[str], labels: np.ndarray, log
     pred = probs.argmax(axis=1)
     frame = pd.DataFrame({"text": texts, "true": [label_names[i] for i in labels],
                           "pred": [label_names[i] for i in pred], "confidence": probs.max(axis=1)})
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    files.write_csv(path, frame)
 
 
 def _write_report(out: Path, log) -> None:
@@ -452,17 +448,27 @@ TRAIN_LOG_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr", "samples_per_s")
 
 
 def _append_train_log(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with open(path, "a", encoding="utf-8") as f:
-        if new:
-            f.write(",".join(TRAIN_LOG_COLUMNS) + "\n")
-        f.write(",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in TRAIN_LOG_COLUMNS) + "\n")
+    if not path.is_file():
+        files.write_text(path, ",".join(TRAIN_LOG_COLUMNS) + "\n")
+    files.append_line(path, ",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c])
+                                     for c in TRAIN_LOG_COLUMNS))
 
 
 def _truncate_train_log(path: Path, step: int) -> None:
-    """Drop train_log.csv rows logged after the checkpoint we resume from."""
+    """Drop train_log.csv rows logged after the checkpoint we resume from (and a partial last line)."""
     if not path.is_file():
         return
-    header, *rows = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in rows if line.strip() and int(line.split(",", 1)[0]) <= step]
-    path.write_text("".join(line + "\n" for line in [header, *kept]), encoding="utf-8")
+    header, *rows = path.read_text(encoding="utf-8").splitlines() or [",".join(TRAIN_LOG_COLUMNS)]
+    kept = [line for line in rows if _complete_log_row(line) and int(line.split(",", 1)[0]) <= step]
+    files.write_text(path, "".join(line + "\n" for line in [header, *kept]))
+
+
+def _complete_log_row(line: str) -> bool:
+    fields = line.split(",")
+    if len(fields) != len(TRAIN_LOG_COLUMNS) or not fields[0].isdigit():
+        return False
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return True

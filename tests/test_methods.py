@@ -362,23 +362,25 @@ def test_adalora_killed_mid_allocation_resumes_to_the_same_ranks_and_weights(tin
                       "head.type=mean")  # allocation: steps 5..15 of 24, masks every step
     full = train_module.train(cfg, tmp_path / "full", **quiet)
 
-    real_save = train_module._save_checkpoint
+    from budgetlora import rundir
+
+    real_save = rundir.save_checkpoint
     killed_at = {}
 
-    def save_then_die(out, state):
-        real_save(out, state)
+    def save_then_die(out, state, progress):
+        real_save(out, state, progress)
         if state["step"] == 12:
             killed_at.update(torch.load(out / "checkpoint" / "state.pt", weights_only=False))
             raise KeyboardInterrupt  # killed right after the checkpoint of step 12
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(cfg, tmp_path / "killed", **quiet)
     # the kill really is mid-allocation: some ranks pruned, more than target_r still kept, scores in flight
     kept = sum(sum(mask) for mask in killed_at["method"]["rank_pattern"].values())
     assert 6 * 1 < kept < 6 * 4
     assert killed_at["method"]["exp_avg_ipt"]
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     resumed = train_module.train(None, tmp_path / "killed", resume=True, **quiet)
 
     assert resumed["val"]["loss"] == full["val"]["loss"] and resumed["best_step"] == full["best_step"]

@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import importlib
-
-train_module = importlib.import_module("budgetlora.train")
+from budgetlora import rundir
 from budgetlora.errors import UserError
 from budgetlora.train import train
 
@@ -82,18 +80,18 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, synthetic_csv, t
                       f"train.batching={batching}")
     full = train(cfg, tmp_path / "full", **quiet)
 
-    real_save = train_module._save_checkpoint
+    real_save = rundir.save_checkpoint
 
-    def save_then_die(out, state):
-        real_save(out, state)
+    def save_then_die(out, state, progress):
+        real_save(out, state, progress)
         if state["step"] == 40:
             raise KeyboardInterrupt  # killed right after the checkpoint of step 40 (of 90)
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "killed", **quiet)
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     resumed = train(None, tmp_path / "killed", resume=True, **quiet)
 
     assert resumed["val"]["loss"] == full["val"]["loss"]
