@@ -36,11 +36,12 @@ from .augment import training_extras
 from .clean import length_filter
 from .config import Config, load_config
 from .data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
+from .data import check_training_classes
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
-from .model import build_model, load_tokenizer, save_adapter, trainable_state
+from .model import build_model, check_max_length, load_tokenizer, save_adapter, trainable_state
 
 CHECKPOINT = "checkpoint/state.pt"
 
@@ -103,6 +104,7 @@ def train(
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     if resume:
         cfg = load_config(out / "config.yaml")
+    check_max_length(cfg.model)
     t_start = time.time()
     accelerator = _accelerator(cfg.train.precision, **tracking.accelerator_kwargs(cfg.train.tracker, out))
     accelerator.wait_for_everyone()  # every process has checked `out` before any writes to it
@@ -116,9 +118,8 @@ def train(
     if resume:
         label_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
     labels = encode_labels(table, label_names)
-    if len(label_names) < 2:
-        raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
     train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
+    check_training_classes(labels[train_idx], label_names, cfg.data.train, log=log)
     test = None
     if cfg.data.test:
         test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)
