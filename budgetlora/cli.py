@@ -24,6 +24,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _add_data_set_arg(p: argparse.ArgumentParser) -> None:
+    """--set for commands that read data with a trained run's config (evaluate, predict)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="override a data setting, e.g. --set data.text_column=body (repeatable; data.* only)")
+
+
 def _cmd_train(args) -> int:
     from .config import load_config
     from .train import train
@@ -38,9 +44,11 @@ def _cmd_train(args) -> int:
 def _cmd_params(args) -> int:
     from .budget import check, plan_from_config
     from .config import load_config
+    from .model import check_max_length
 
     overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
     cfg = load_config(args.recipe, overrides)
+    check_max_length(cfg.model)
     label_names = cfg.data.label_names or [str(i) for i in range(args.num_labels)]
     breakdown = plan_from_config(cfg, label_names)
     if args.json:
@@ -56,11 +64,13 @@ def _cmd_params(args) -> int:
 
 def _cmd_plan(args) -> int:
     from .config import load_config
+    from .model import check_max_length
 
     overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
     if args.budget is not None:
         overrides.append(f"budget.max_trainable={args.budget}")
     cfg = load_config(args.recipe, overrides)
+    check_max_length(cfg.model)
     label_names = cfg.data.label_names or [str(i) for i in range(args.num_labels)]
     if args.fill:
         from .planner import fill
@@ -113,7 +123,7 @@ def _cmd_predict(args) -> int:
 
     frame = predict_file(args.run_dir, args.data, args.out, probabilities=args.probs,
                          label_names_column=args.label_names, overwrite=args.overwrite,
-                         trust_pickle=args.trust_pickle)
+                         trust_pickle=args.trust_pickle, data_overrides=args.overrides)
     print(f"wrote {len(frame)} predictions to {args.out}")
     return 0
 
@@ -248,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override data settings, e.g. --set data.text_column=body")
+    _add_data_set_arg(p)
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -262,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     p.add_argument("--label-names", action="store_true", help="add a LabelName column")
+    _add_data_set_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
     p.set_defaults(func=_cmd_predict)

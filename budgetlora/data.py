@@ -13,7 +13,9 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def _format_of(path: Path, declared: str) -> str:
     fmt = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
         raise UserError(
-            f"unknown file format for {path}; name it .csv/.tsv/.jsonl/.parquet or set "
+            f"unknown file format for {path}; name it .csv/.tsv/.jsonl/.parquet or --set "
             "data.format=csv|tsv|jsonl|parquet|ag_news_csv|pickle"
         )
     if fmt == "csv" and _looks_like_ag_news_csv(path):
@@ -123,9 +125,36 @@ def _read_frame(path: Path, fmt: str, trust_pickle: bool) -> tuple[pd.DataFrame,
     except (ValueError, pd.errors.ParserError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
+        bad_line = _first_bad_json_line(path) if fmt == "jsonl" and isinstance(e, ValueError) else None
+        if bad_line is not None:
+            raise UserError(f"cannot read {path} as JSON lines: line {bad_line[0]} is not valid JSON ({bad_line[1]}); "
+                            "fix that line (one JSON object per line) or --set data.format=FORMAT") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path} as {fmt} ({first}); check the file or set data.format") from None
+        raise UserError(f"cannot read {path} as {fmt} ({first}); check the file or --set data.format=FORMAT") from None
     raise UserError(f"unknown data.format {fmt!r}")
+
+
+def _require_file(path: Path) -> None:
+    """A data source must be an existing file; a folder is named as one, with the files inside."""
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        hint = f" such as {_shown(inside, limit=3)}" if inside else ""
+        raise UserError(f"data file {path} is a directory; give the path of a data file inside it{hint}")
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist; check the path (data.train / --data)")
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, JSON error) of the first line of a JSON-lines file that does not parse."""
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                return number, e.msg
+    return None
 
 
 def _split_hub_id(source: str, default_split: str) -> tuple[str, str]:
@@ -174,8 +203,7 @@ def read_table(
             label_names = list(feature.names)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise UserError(f"data file {source} does not exist; check the path (data.train / --data)")
+        _require_file(path)
         fmt = _format_of(path, cfg.format)
         frame, label_names = _read_frame(path, fmt, trust_pickle)
 
@@ -183,7 +211,7 @@ def read_table(
     if cfg.text_column not in frame.columns:
         raise UserError(
             f"text column {cfg.text_column!r} not in {source} (columns: {', '.join(columns)}); "
-            "set data.text_column=NAME"
+            "--set data.text_column=NAME"
         )
     labels = None
     if cfg.label_column in frame.columns:
@@ -191,7 +219,7 @@ def read_table(
     elif need_labels:
         raise UserError(
             f"label column {cfg.label_column!r} not in {source} (columns: {', '.join(columns)}); "
-            "set data.label_column=NAME"
+            "--set data.label_column=NAME"
         )
     texts = frame[cfg.text_column]
     bad = [i for i, t in enumerate(texts.tolist()) if not isinstance(t, str) or not t.strip()]
@@ -204,7 +232,7 @@ def read_table(
     id_column = cfg.id_column or next((c for c in ("id", "ID", "Id") if c in frame.columns), None)
     if id_column is not None:
         if id_column not in frame.columns:
-            raise UserError(f"id column {id_column!r} not in {source} (columns: {', '.join(columns)}); set data.id_column=NAME")
+            raise UserError(f"id column {id_column!r} not in {source} (columns: {', '.join(columns)}); --set data.id_column=NAME")
         ids = frame[id_column].tolist()
     if labels is not None and need_labels:
         missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
@@ -217,47 +245,125 @@ def read_table(
 
 # ---------------------------------------------------------------- labels
 
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
 
 def _as_int(value) -> int | None:
+    """The class number a raw label stands for (3, 3.0, "3"), or None for a name."""
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value)
     return None
 
 
+def _label_key(value) -> str:
+    """The text a raw label is looked up by among the class names: 3, 3.0 and "3" are all "3"."""
+    as_int = _as_int(value)
+    return str(as_int) if as_int is not None else str(value)
+
+
+def _shown(values, limit: int = 8) -> str:
+    """A short comma-separated list for a one-line message."""
+    values = list(values)
+    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
+    return ", ".join(str(v) for v in values[:limit]) + more
+
+
+def _classes_have(names: list) -> str:
+    """ "class 0 has" or "classes 1, 3 have", to start a one-line message."""
+    return f"class {names[0]} has" if len(names) == 1 else f"classes {_shown(names)} have"
+
+
+def _names_from_integers(numbers: list[int], source: str) -> list[str]:
+    """Class names "0".."K-1" for integer labels; refused when some class in 0..max has no rows."""
+    if min(numbers) < 0:
+        raise UserError(f"negative label {min(numbers)} in {source}; labels must be 0..K-1 or names")
+    present = sorted(set(numbers))
+    empty = sorted(set(range(present[-1] + 1)) - set(present))
+    if empty and len(present) > 1:
+        raise UserError(
+            f"integer labels of {source} run {present[0]}..{present[-1]} but {_classes_have(empty)} no rows; "
+            f"number the classes 0..{len(present) - 1}, "
+            f"or --set data.label_names=[{','.join(map(str, present)) if len(present) <= 10 else '...'}] "
+            "to use these values as class names"
+        )
+    return [str(i) for i in range(present[-1] + 1)]
+
+
 def infer_label_names(table: TextTable, declared: list[str] | None) -> list[str]:
-    """The class names of a training table: declared > source's own > inferred from values."""
+    """The class names of a training table: declared > source's own > inferred from values.
+
+    Inferred: integers (also digit strings, as a CSV reader gives them) name classes 0..K-1 and
+    must fill that range; names are sorted; a column mixing names and integers is refused,
+    because only declared names say which name integer i stands for.
+    """
     if declared:
         return list(declared)
     if table.label_names:
         return list(table.label_names)
     as_ints = [_as_int(v) for v in table.labels]
     if all(v is not None for v in as_ints):
-        if min(as_ints) < 0:
-            raise UserError(f"negative label {min(as_ints)} in {table.source}; labels must be 0..K-1 or names")
-        return [str(i) for i in range(max(as_ints) + 1)]
+        return _names_from_integers(as_ints, table.source)
+    if any(v is not None for v in as_ints):
+        names = sorted({str(v) for v, i in zip(table.labels, as_ints) if i is None})
+        numbers = sorted({i for i in as_ints if i is not None})
+        raise UserError(
+            f"the label column of {table.source} mixes class names ({_shown(names, limit=4)}) and integers "
+            f"({_shown(numbers, limit=4)}); --set data.label_names=[...] so integer i means the i-th name, "
+            "or make the column all names or all integers"
+        )
     return sorted({str(v) for v in table.labels})
 
 
+def _numbers_are_positions(label_names: list[str]) -> bool:
+    """Whether an integer label i may mean the i-th class: not when some class name is itself a
+    number other than its position (names [1, 2, 3, 4]: the label 1 is the name "1")."""
+    return all(_as_int(name) in (None, i) for i, name in enumerate(label_names))
+
+
 def encode_labels(table: TextTable, label_names: list[str]) -> np.ndarray:
-    """Map raw labels (ints or names) to 0..K-1 against `label_names`; unknown ones are an error."""
+    """Map raw labels to 0..K-1 against `label_names`; unknown ones are an error.
+
+    A label that is one of the names is that name; an integer i (3, 3.0, "3") that is not is the
+    i-th name, unless the names are themselves numbers (see `_numbers_are_positions`).
+    """
     index = {name: i for i, name in enumerate(label_names)}
+    by_position = _numbers_are_positions(label_names)
     out = np.empty(len(table.labels), dtype=np.int64)
     for row, value in enumerate(table.labels):
-        as_int = _as_int(value)
-        if str(value) in index:  # a name (or a number that is itself a name)
-            out[row] = index[str(value)]
-        elif as_int is not None and 0 <= as_int < len(label_names):  # a class id
+        key, as_int = _label_key(value), _as_int(value)
+        if key in index:
+            out[row] = index[key]
+        elif by_position and as_int is not None and 0 <= as_int < len(label_names):
             out[row] = as_int
         else:
+            shown = as_int if as_int is not None else repr(value)
+            numbers = f", or a class number 0..{len(label_names) - 1}" if by_position else ""
             raise UserError(
-                f"unknown label {value!r} in {table.source} (row {row}); expected one of "
-                f"{', '.join(label_names)} or 0..{len(label_names) - 1}"
+                f"unknown label {shown} in {table.source} (row {row}); expected one of "
+                f"{_shown(label_names, limit=20)}{numbers}"
             )
     return out
+
+
+def check_training_classes(labels: np.ndarray, label_names: list[str], source: str, log=print) -> None:
+    """Refuse training rows of fewer than two classes; say (one line) which classes have no rows."""
+    counts = np.bincount(labels, minlength=len(label_names))
+    present = [name for name, n in zip(label_names, counts) if n]
+    if len(present) < 2:
+        raise UserError(
+            f"the training rows of {source} hold a single class ({_shown(present)}); a classifier needs "
+            "at least two: check the file and --set data.label_column=NAME"
+        )
+    empty = [name for name, n in zip(label_names, counts) if not n]
+    if empty:
+        log(f"warning: {_classes_have(empty)} no training rows in {source}; the model cannot learn to predict "
+            f"{'it' if len(empty) == 1 else 'them'}")
 
 
 # ---------------------------------------------------------------- splitting

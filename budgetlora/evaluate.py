@@ -118,17 +118,15 @@ def table_logits(model, tokenizer, cfg, table) -> np.ndarray:
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = ()) -> dict:
-    """Load a finished run and compute full metrics on a labelled file (or hub split)."""
-    from .config import apply_override, from_dict
+    """Load a finished run and compute full metrics on a labelled file (or hub split).
+
+    `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    from .config import with_data_overrides
     from .data import encode_labels, read_table
     from .model import load_run
 
     model, tokenizer, cfg, label_names = load_run(run_dir)
-    if data_overrides:
-        values = cfg.to_dict()
-        for assignment in data_overrides:
-            apply_override(values, assignment)
-        cfg = from_dict(values)
+    cfg = with_data_overrides(cfg, data_overrides)
     table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
     labels = encode_labels(table, label_names)
     result = full_metrics(table_logits(model, tokenizer, cfg, table), labels, label_names, seed=cfg.train.seed)

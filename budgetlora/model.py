@@ -124,6 +124,36 @@ def load_backbone(name: str, label_names: list[str], *, meta: bool = False, quan
         raise _model_error(name, e) from None
 
 
+def max_input_length(name: str) -> int | None:
+    """The most tokens one input of model `name` can hold, from its config alone (no weights):
+    the rows of its learned position table, less padding_idx + 1 where positions are counted
+    after the padding index (RoBERTa, MPNet, XLM-R: 514 rows, 512 tokens). None when the model
+    has no learned position table (relative or rotary positions) or its config cannot be read
+    here (loading it later says why)."""
+    from transformers import AutoConfig, AutoModel
+
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(name)
+        with torch.device("meta"):
+            encoder = AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001 -- load_backbone reports an unloadable model in one line
+        return None
+    table = next((m for n, m in encoder.named_modules()
+                  if n.endswith("position_embeddings") and isinstance(m, nn.Embedding)), None)
+    if table is None:
+        return None
+    return table.num_embeddings - (table.padding_idx + 1 if table.padding_idx is not None else 0)
+
+
+def check_max_length(model_cfg) -> None:
+    """Refuse a model.max_length longer than the model's position table (a crash mid-training)."""
+    limit = max_input_length(model_cfg.name)
+    if limit is not None and model_cfg.max_length > limit:
+        raise UserError(f"model.max_length={model_cfg.max_length} exceeds what {model_cfg.name} can take "
+                        f"({limit} positions); set model.max_length<={limit}")
+
+
 # ---------------------------------------------------------------- targets and head
 
 

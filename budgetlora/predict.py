@@ -51,13 +51,18 @@ def predict_file(
     label_names_column: bool = False,
     overwrite: bool = False,
     trust_pickle: bool = False,
+    data_overrides: list[str] = (),
 ) -> pd.DataFrame:
-    """Predict every row of `data` and write `ID,Label[,LabelName][,prob_*]` to `out`."""
+    """Predict every row of `data` and write `ID,Label[,LabelName][,prob_*]` to `out`.
+
+    `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    from .config import with_data_overrides
     from .data import read_table
     from .model import load_run
 
     out = files.check_new_file(out, overwrite=overwrite)
     model, tokenizer, cfg, label_names = load_run(run_dir)
+    cfg = with_data_overrides(cfg, data_overrides)
     table = read_table(data, cfg.data, split="test", need_labels=False, trust_pickle=trust_pickle)
     frame = prediction_frame(table, table_logits(model, tokenizer, cfg, table), label_names)
     return write_predictions(frame, out, probabilities=probabilities, label_names_column=label_names_column)

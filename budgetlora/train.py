@@ -27,11 +27,12 @@ from .augment import training_extras
 from .clean import length_filter
 from .config import Config
 from .data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
+from .data import check_training_classes
 from .distill import distill_loss, teacher_logits
 from .errors import UserError
 from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
 from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
-from .model import build_model, load_tokenizer, save_adapter, trainable_state
+from .model import build_model, check_max_length, load_tokenizer, save_adapter, trainable_state
 
 def _accelerator(precision: str, **tracking_kwargs):
     from accelerate import Accelerator
@@ -109,6 +110,7 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
         cfg = rundir.read_config(out)
         if plan.staged:
             log(f"resuming the interrupted --overwrite of {plan.out} (the old run stays until this one finishes)")
+    check_max_length(cfg.model)
     t_start = time.time()
     accelerator = _accelerator(cfg.train.precision, **tracking.accelerator_kwargs(cfg.train.tracker, out))
     accelerator.wait_for_everyone()  # every process has checked `out` before any writes to it
@@ -122,9 +124,8 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
     if plan.resume:
         label_names = rundir.read_labels(out)
     labels = encode_labels(table, label_names)
-    if len(label_names) < 2:
-        raise UserError(f"{cfg.data.train} has a single class ({label_names[0]}); a classifier needs at least two")
     train_idx, val_idx = train_val_indices(labels, cfg.data, cfg.train.seed)
+    check_training_classes(labels[train_idx], label_names, cfg.data.train, log=log)
     test = None
     if cfg.data.test:
         test_table = read_table(cfg.data.test, cfg.data, split="test", trust_pickle=trust_pickle)

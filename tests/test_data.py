@@ -65,7 +65,7 @@ def test_label_names_inferred_and_mapped():
     names = infer_label_names(named, None)
     assert names == ["sports", "world"]
     assert encode_labels(named, names).tolist() == [0, 1, 0]
-    ints = TextTable(["a", "b"], [0, 3], None, None, "x")
+    ints = TextTable(["a", "b", "c", "d"], [0, 3, 1, 2], None, None, "x")
     assert infer_label_names(ints, None) == ["0", "1", "2", "3"]
     # a run trained with names accepts both names and class ids, and nothing else
     assert encode_labels(TextTable(["a", "b"], ["world", 0], None, None, "x"), names).tolist() == [1, 0]
