@@ -90,10 +90,11 @@ def temp_sibling(path: Path, kind: str = "tmp") -> Path:
 
 
 def remove(path: Path) -> None:
+    """Delete a file or folder if it is there; best effort (a cleanup never hides the error it follows)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
 
 
@@ -201,6 +202,21 @@ def recover(final: Path) -> None:
         os.replace(olds.pop(), final)
     for leftover in olds + list(final.parent.glob(f".{glob_escape(final.name)}.tmp-*")):
         remove(leftover)
+
+
+def recover_tree(folder: Path) -> None:
+    """`recover` every name under `folder` (and `folder` itself) that a kill left temporary
+    files or an old copy of. Call it only while owning `folder`."""
+    recover(folder)
+    if not folder.is_dir():
+        return
+    finals = {leftover.with_name(_SIBLING.match(leftover.name).group(1))
+              for leftover in folder.rglob(".*") if _SIBLING.match(leftover.name)}
+    for final in sorted(finals, key=lambda p: len(p.parts), reverse=True):
+        recover(final)
+
+
+_SIBLING = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+-[0-9a-f]+$")
 
 
 def readable_dir(final: Path) -> Path:

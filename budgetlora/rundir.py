@@ -70,8 +70,8 @@ def claim(out: Path | str, *, overwrite: bool, resume: bool) -> tuple[RunPlan, f
     out = Path(out)
     lock = files.FolderLock(out).acquire()
     try:
-        files.recover(out)  # a kill between the two renames of an --overwrite swap
-        files.recover(staging_dir(out))
+        for folder in (out, staging_dir(out)):  # what a kill in the middle of a write left
+            files.recover_tree(folder)
         return _plan(out, overwrite=overwrite, resume=resume), lock
     except BaseException:
         lock.release()
@@ -131,9 +131,7 @@ def save_checkpoint(work: Path, state: dict, progress: dict) -> None:
     with files.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
+        if path.exists():  # atomic_path fsyncs tmp before it takes the name
             os.replace(path, work / PREVIOUS_CHECKPOINT)
     files.write_json(work / PROGRESS, progress)
 
