@@ -342,9 +342,7 @@ def generate_file(
     log=print,
 ) -> pd.DataFrame:
     """Fine-tune `model` on `unlabelled` texts, generate `per_class` new rows per class, write CSV (text, label)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    out = files.check_new_file(out, overwrite=overwrite)  # before the LM is trained, not after
     if per_class < 1 or steps < 0 or not 0 <= min_confidence <= 1 or repetition_penalty <= 0:
         raise UserError("--per-class must be >= 1, --steps >= 0, --min-confidence in [0, 1], --repetition-penalty > 0")
     data_cfg = data_cfg or DataConfig()
@@ -361,8 +359,9 @@ def generate_file(
         finetune_lm(lm, tokenizer, in_domain, steps=steps, batch_size=batch_size, lr=lr, max_length=max_length,
                     seed=seed, log=log)
         if save_model:
-            lm.save_pretrained(str(save_model))
-            tokenizer.save_pretrained(str(save_model))
+            with files.staged_dir(save_model) as staging:  # the folder appears complete or not at all
+                lm.save_pretrained(str(staging))
+                tokenizer.save_pretrained(str(staging))
     lm.eval()
     judge = ConfidenceFilter(classifier, min_confidence) if classifier else None
     if judge is not None and set(class_prompts) - set(judge.label_names):

@@ -57,6 +57,13 @@ def write_error(error: OSError, path: Path | str) -> UserError:
     return UserError(f"cannot write {path} ({error.strerror or error}): check the disk or choose another --out")
 
 
+def raise_as_write_error(error: BaseException, path: Path | str) -> None:
+    """Raise `write_error` if `error` is (or wraps) an OSError; return otherwise."""
+    os_error = as_os_error(error)
+    if os_error is not None and not isinstance(error, UserError):
+        raise write_error(os_error, path) from None
+
+
 def os_error_line(error: OSError) -> str:
     """One line for an OSError that reached the command line without a writer naming its file."""
     where = f" ({error.filename})" if error.filename else ""
@@ -111,9 +118,7 @@ def atomic_path(path: Path | str):
         os.replace(tmp, path)
     except BaseException as e:
         remove(tmp)
-        os_error = as_os_error(e)
-        if os_error is not None and not isinstance(e, UserError):
-            raise write_error(os_error, path) from None
+        raise_as_write_error(e, path)
         raise
     _fsync_dir(path.parent)
 
@@ -173,9 +178,7 @@ def staged_dir(final: Path | str):
         swap_in(staging, final)
     except BaseException as e:
         remove(staging)
-        os_error = as_os_error(e)
-        if os_error is not None and not isinstance(e, UserError):
-            raise write_error(os_error, final) from None
+        raise_as_write_error(e, final)
         raise
 
 

@@ -106,8 +106,9 @@ def train(
 
 def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -> dict:
     out = plan.work  # where this run writes until it has finished (see rundir)
+    state = None  # the checkpoint to resume from, read (and refused if corrupt) before any work
     if plan.resume:
-        cfg = rundir.read_config(out)
+        cfg, state = rundir.read_config(out), rundir.load_checkpoint(out)
         if plan.staged:
             log(f"resuming the interrupted --overwrite of {plan.out} (the old run stays until this one finishes)")
     check_max_length(cfg.model)
@@ -184,7 +185,6 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
     step, best_value, best_step, bad_evals, best_state, stopped_early = 0, None, None, 0, None, False
     best_val_logits = None  # validation logits of the best checkpoint: the final report reuses them
     train_seconds, samples_seen, tokens_seen = 0.0, 0, 0
-    state = rundir.load_checkpoint(out) if plan.resume else None
     if plan.resume and state is None:
         log(f"{out} has no checkpoint yet: restarting it from step 0 with its saved config")
         if main_process:
