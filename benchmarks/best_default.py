@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 
     from budgetlora.data import infer_label_names, read_table
     from budgetlora.config import load_config
-    from budgetlora.sweep import SweepSpec, run_sweep
+    from budgetlora.training.sweep import SweepSpec, run_sweep
 
     cfg = load_config(None, base_overrides(args))
     label_names = infer_label_names(read_table(cfg.data.train, cfg.data, split="train"), None)

@@ -97,7 +97,7 @@ def base_overrides(args, paths) -> list[str]:
 
 
 def generated_file(args, paths, out: Path) -> Path | None:
-    from budgetlora.augment import generate_file
+    from budgetlora.data.augment import generate_file
 
     path = out / "generated.csv"
     if path.is_file():
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from budgetlora.sweep import SweepSpec, run_sweep
+    from budgetlora.training.sweep import SweepSpec, run_sweep
 
     paths = make_data(args, out)
     t0 = time.time()

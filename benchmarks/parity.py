@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
     import peft
-    from budgetlora.model import quiet_transformers
+    from budgetlora.adapters.model import quiet_transformers
     quiet_transformers()
     import datasets
     datasets.disable_progress_bars()

@@ -13,7 +13,7 @@ Pipelines (``--pipelines``, comma-separated, run in the order given):
                       to 256 tokens (padding="max_length"), batch 16, random order.
   trainer-tuned       Trainer + PEFT tuned: bf16 on a GPU (fp32 on CPU), dynamic padding
                       (DataCollatorWithPadding), length-grouped batches, batch 32.
-  budgetlora          budgetlora.train() with recipe r6-qkv-a24, batch 32 (its own loop:
+  budgetlora          budgetlora.training.loop() with recipe r6-qkv-a24, batch 32 (its own loop:
                       dynamic padding, length-grouped batches where budgetlora has
                       train.group_by_length (default on), bf16 autocast on a GPU).
 
@@ -35,7 +35,7 @@ What is measured, per pipeline:
   loop samples/s   samples / training-loop seconds. Trainer: its `train_runtime` (the whole
                    loop: data loading, collation, callbacks, forward/backward, optimizer).
                    budgetlora: from the first batch it collates to the start of its final
-                   evaluation (we wrap budgetlora.train's `collate` and `compute_logits` to
+                   evaluation (we wrap budgetlora.training.loop's `collate` and `compute_logits` to
                    time-stamp them; nothing in budgetlora is changed).
   step samples/s   samples / seconds inside the optimizer steps (forward, backward, clipping,
                    optimizer and scheduler step). Trainer: a callback timing on_step_begin ->
@@ -415,7 +415,7 @@ def budgetlora_config(spec: Spec, args, model_path: str, seed: int, steps: int |
 
 
 def load_split(args, model_path: str, seed: int) -> dict:
-    """The exact rows budgetlora.train trains and validates on (same functions, same logic)."""
+    """The exact rows budgetlora.training.loop trains and validates on (same functions, same logic)."""
     import numpy as np
 
     from budgetlora.data import encode_labels, infer_label_names, read_table, train_val_indices
@@ -474,7 +474,7 @@ def build_peft_model(model_path: str, label_names: list[str], seed: int, dropout
     id2label = dict(enumerate(label_names))
     config = AutoConfig.from_pretrained(model_path, num_labels=len(label_names), id2label=id2label,
                                         label2id={v: k for k, v in id2label.items()})
-    torch.manual_seed(seed)  # same head / LoRA init sequence as budgetlora.model.build_model
+    torch.manual_seed(seed)  # same head / LoRA init sequence as budgetlora.adapters.model.build_model
     model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32,
                                                                ignore_mismatched_sizes=True)
     n_enc = encoder_nonembedding_params(model)
@@ -666,7 +666,7 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
 
     from budgetlora import load_run, train
     from budgetlora.data import tokenize
-    from budgetlora.evaluate import compute_logits, pad_id_of
+    from budgetlora.evaluation.metrics import compute_logits, pad_id_of
 
     n_train = len(split["train_texts"])
     steps = steps_for(spec, args, n_train)
@@ -676,10 +676,10 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
         os.environ["BUDGETLORA_CACHE"] = str(out_dir.with_name(out_dir.name + "-cache"))
     messages = []
 
-    # Time-stamp the training loop from outside: budgetlora.train calls `collate` once per step
+    # Time-stamp the training loop from outside: budgetlora.training.loop calls `collate` once per step
     # and `compute_logits` first for the evaluation after the last step (eval_every = steps).
-    # We wrap both names in the budgetlora.train module for the duration of the call.
-    bt = importlib.import_module("budgetlora.train")  # the module (the package's `train` is the function)
+    # We wrap both names in the budgetlora.training.loop module for the duration of the call.
+    bt = importlib.import_module("budgetlora.training.loop")  # the module (the package's `train` is the function)
     marks: dict[str, float] = {"collate_s": 0.0, "padded": 0, "real": 0}
     originals = {k: getattr(bt, k, None) for k in ("collate", "compute_logits")}
     if all(originals.values()):
@@ -956,7 +956,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from budgetlora.model import quiet_transformers
+    from budgetlora.adapters.model import quiet_transformers
 
     quiet_transformers()
     import datasets

@@ -9,15 +9,15 @@ with `cli` a thin layer over them. In a notebook:
     metrics = train(cfg, "runs/first")
 """
 
-from .budget import Breakdown, count, plan_from_config
+from .adapters.budget import Breakdown, count, plan_from_config
 from .config import Config, load_config, recipe_names
 from .data import train_val_indices
 from .errors import UserError
-from .evaluate import evaluate_run
-from .model import build_model, load_run
-from .planner import fill, plan
-from .predict import predict_file
-from .train import train
+from .evaluation.metrics import evaluate_run
+from .adapters.model import build_model, load_run
+from .adapters.planner import fill, plan
+from .evaluation.predict import predict_file
+from .training.loop import train
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ def _add_data_set_arg(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args) -> int:
     from .config import load_config
-    from .train import train
+    from .training.loop import train
 
     if args.resume and (args.recipe or args.overrides):
         raise UserError("--resume continues the run's saved config.yaml; drop --recipe/--set")
@@ -42,9 +42,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_params(args) -> int:
-    from .budget import check, plan_from_config
+    from .adapters.budget import check, plan_from_config
     from .config import load_config
-    from .model import check_max_length
+    from .adapters.model import check_max_length
 
     overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
     cfg = load_config(args.recipe, overrides)
@@ -64,7 +64,7 @@ def _cmd_params(args) -> int:
 
 def _cmd_plan(args) -> int:
     from .config import load_config
-    from .model import check_max_length
+    from .adapters.model import check_max_length
 
     overrides = list(args.overrides) + ([f"model.name={args.model}"] if args.model else [])
     if args.budget is not None:
@@ -73,7 +73,7 @@ def _cmd_plan(args) -> int:
     check_max_length(cfg.model)
     label_names = cfg.data.label_names or [str(i) for i in range(args.num_labels)]
     if args.fill:
-        from .planner import fill
+        from .adapters.planner import fill
 
         filled, cost = fill(cfg, label_names)
         if args.json:
@@ -84,7 +84,7 @@ def _cmd_plan(args) -> int:
                   f"{cost.trainable(r):,} trainable (r={r + 1} would be {cost.trainable(r + 1):,})")
             print(filled.to_yaml(), end="")
         return 0
-    from .planner import plan
+    from .adapters.planner import plan
 
     chosen = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = plan(cfg, label_names, method_names=chosen)
@@ -99,7 +99,7 @@ def _cmd_plan(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from . import files
-    from .evaluate import evaluate_run
+    from .evaluation.metrics import evaluate_run
 
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
@@ -119,7 +119,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .predict import predict_file
+    from .evaluation.predict import predict_file
 
     frame = predict_file(args.run_dir, args.data, args.out, probabilities=args.probs,
                          label_names_column=args.label_names, overwrite=args.overwrite,
@@ -149,7 +149,7 @@ def _cmd_recipes(args) -> int:
 
 def _cmd_data_inspect(args) -> int:
     from .config import load_config
-    from .inspect_data import format_report, inspect_file
+    from .data.inspect import format_report, inspect_file
 
     overrides = list(args.overrides) + ([f"model.tokenizer={args.model}"] if args.model else [])
     report = inspect_file(args.file, load_config(args.recipe, overrides), examples=args.examples,
@@ -159,7 +159,7 @@ def _cmd_data_inspect(args) -> int:
 
 
 def _cmd_augment_synonyms(args) -> int:
-    from .augment import synonyms_file
+    from .data.augment import synonyms_file
     from .config import load_config
 
     protect = [w.strip() for w in (args.protect or "").split(",") if w.strip()]
@@ -171,7 +171,7 @@ def _cmd_augment_synonyms(args) -> int:
 
 
 def _cmd_augment_generate(args) -> int:
-    from .augment import generate_file
+    from .data.augment import generate_file
     from .config import load_config
 
     generate_file(
@@ -186,7 +186,7 @@ def _cmd_augment_generate(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import load_spec, parse_grid_flag, run_sweep
+    from .training.sweep import load_spec, parse_grid_flag, run_sweep
 
     seeds = None
     if args.seeds:
@@ -206,7 +206,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     paths = write_report(args.run_dir)
     print(f"wrote {paths['html']} (self-contained), {paths['markdown']} and {len(paths['plots'])} plots "
@@ -215,7 +215,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare_runs, formatted, write_comparison
+    from .evaluation.compare import compare_runs, formatted, write_comparison
 
     frame = compare_runs(args.run_dirs, sort=args.sort)
     paths = write_comparison(frame, args.out)

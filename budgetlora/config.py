@@ -21,7 +21,7 @@ import yaml
 from .errors import UserError
 
 TARGET_ROLES = ("attention", "attention_all", "ffn", "all_linear")
-# adapter.method: every one is a PEFT tuner, see budgetlora/methods.py and the README
+# adapter.method: every one is a PEFT tuner, see budgetlora/adapters/methods.py and the README
 ADAPTER_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
                    "bitfit", "layernorm")
 
@@ -52,7 +52,7 @@ class DataConfig:
     val_size: float = field(default=0.1, metadata={"min_exclusive": 0})  # fraction < 1 or count
     max_train_samples: int | None = field(default=None, metadata={"min": 1})
     # cleaning of every text this run reads (train, evaluate, predict): steps and presets of
-    # budgetlora/clean.py, e.g. [standard] or [standard, stopwords, punctuation]; none by default
+    # budgetlora/data/clean.py, e.g. [standard] or [standard, stopwords, punctuation]; none by default
     clean: list[str] | None = None
     length_filter: list[float] | None = None  # keep training rows within these token-length percentiles, e.g. [1, 99]
     extra_train: list[str] | None = None  # labelled files appended to the training rows only (augmentation)
@@ -71,7 +71,7 @@ class AdapterConfig:
     targets: Union[str, list[str]] = "attention"
     bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
     layernorm_bias: bool = False  # bitfit: also train the LayerNorm biases (BitFit's every bias term)
-    # ---- layer selection, per-module ranks, method knobs (budgetlora/methods.py)
+    # ---- layer selection, per-module ranks, method knobs (budgetlora/adapters/methods.py)
     layers: list[int] | None = None  # adapt only these encoder layers (0-based, -1 = last); None: all
     top_layers: int | None = field(default=None, metadata={"min": 1})  # adapt only the last k layers
     rank_pattern: dict[str, int] | None = None  # module-name suffix or regex -> rank (PEFT's rank_pattern)
@@ -90,7 +90,7 @@ HEAD_TYPES = ("standard", "standard_lora", "linear", "mean")
 class HeadConfig:
     # standard: the model's own head, trained fully; standard_lora: its hidden Linear(s) frozen +
     # LoRA (adapter.r), output layer trained fully; linear: one Linear on the first token;
-    # mean: one Linear on the mask-weighted mean of the tokens (see budgetlora/model.py)
+    # mean: one Linear on the mask-weighted mean of the tokens (see budgetlora/adapters/model.py)
     type: str = field(default="standard", metadata=_choice(*HEAD_TYPES))
 
 
@@ -128,7 +128,7 @@ class BudgetConfig:
 
 @dataclass
 class DistillConfig:
-    # knowledge distillation (budgetlora/distill.py): a finished budgetlora run, or any
+    # knowledge distillation (budgetlora/training/distill.py): a finished budgetlora run, or any
     # sequence-classification model folder or hub id, whose soft labels the student learns
     teacher: str | None = None
     temperature: float = field(default=2.0, metadata={"min_exclusive": 0})
@@ -288,7 +288,7 @@ def _check_whole(cfg: Config) -> Config:
         raise UserError(f"data.val_size: {val} is neither a fraction below 1 nor a whole count of rows")
     if cfg.train.warmup >= 1 and not float(cfg.train.warmup).is_integer():
         raise UserError(f"train.warmup: {cfg.train.warmup} is neither a fraction below 1 nor a step count")
-    from .clean import resolve_steps
+    from .data.clean import resolve_steps
 
     resolve_steps(cfg.data.clean)  # unknown step names are refused here
     bounds = cfg.data.length_filter

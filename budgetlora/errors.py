@@ -14,3 +14,10 @@ def warn(message: str) -> None:
     import sys
 
     print(f"budgetlora: warning: {message}", file=sys.stderr)
+
+
+def listed(values, limit: int = 8) -> str:
+    """A short comma-separated list for a one-line message."""
+    values = list(values)
+    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
+    return ", ".join(str(v) for v in values[:limit]) + more

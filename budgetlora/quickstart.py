@@ -16,10 +16,10 @@ from . import files
 from .config import load_config
 from .data import encode_labels, read_table
 from .errors import UserError
-from .evaluate import full_metrics, table_logits
-from .model import load_run
-from .predict import prediction_frame, write_predictions
-from .train import train
+from .evaluation.metrics import full_metrics, table_logits
+from .adapters.model import load_run
+from .evaluation.predict import prediction_frame, write_predictions
+from .training.loop import train
 
 
 def sample_files() -> tuple[Path, Path]:

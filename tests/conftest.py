@@ -115,7 +115,7 @@ def tiny_config(model_dir, train_csv, *extra):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir, synthetic_csv, synthetic_test_csv):
     """One finished run shared by the evaluate / predict / reload tests."""
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "run"
     cfg = tiny_config(tiny_model_dir, synthetic_csv, f"data.test={synthetic_test_csv}",
@@ -151,7 +151,7 @@ def nltk_data() -> Path:
 
 def perturbed_model(cfg, label_names):
     """A built model whose every trainable tensor has moved off its initial value, as if trained."""
-    from budgetlora.model import build_model
+    from budgetlora.adapters.model import build_model
 
     model = build_model(cfg, label_names)
     torch.manual_seed(1)

@@ -15,7 +15,7 @@ GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
 
 
 def test_synonym_replacement(nltk_data):
-    from budgetlora.augment import replace_synonyms, synonym_copies, synonyms
+    from budgetlora.data.augment import replace_synonyms, synonym_copies, synonyms
 
     assert "automobile" in synonyms("car") and "car" not in synonyms("car")
     assert "comet" not in synonyms("comets")  # an inflection is not a synonym
@@ -37,7 +37,7 @@ def test_synonym_replacement(nltk_data):
 
 def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_data, tmp_path, tiny_model_dir):
     from budgetlora import train
-    from budgetlora.augment import synonyms_file
+    from budgetlora.data.augment import synonyms_file
     from budgetlora.data import encode_labels, read_table, split_train_val
 
     frame = synthetic_frame(n=120, seed=5)
@@ -96,7 +96,7 @@ def test_generate_end_to_end(tmp_path, tiny_gpt2_dir, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from budgetlora import train
-    from budgetlora.augment import generate_file
+    from budgetlora.data.augment import generate_file
 
     synthetic_frame(n=80, seed=6).to_csv(tmp_path / "train.csv", index=False)
     synthetic_frame(n=60, seed=7)[["text"]].to_csv(tmp_path / "unlabelled.csv", index=False)
@@ -129,7 +129,7 @@ def test_generate_end_to_end(tmp_path, tiny_gpt2_dir, tiny_model_dir):
 
 @pytest.mark.slow
 def test_generated_lengths_follow_the_training_lengths(tiny_gpt2_dir):
-    from budgetlora.augment import generate_for_class, load_causal_lm
+    from budgetlora.data.augment import generate_for_class, load_causal_lm
 
     model, tokenizer = load_causal_lm(str(tiny_gpt2_dir))
     model.eval()
@@ -144,7 +144,7 @@ def test_generated_lengths_follow_the_training_lengths(tiny_gpt2_dir):
 
 def test_generation_drops_duplicates_and_unconfident_rows(tmp_path, monkeypatch, trained_run, synthetic_csv, tiny_gpt2_dir):
     """Dedup against training rows and within the output; the classifier keeps rows of their own class."""
-    import budgetlora.augment as augment
+    import budgetlora.data.augment as augment
 
     train_texts = pd.read_csv(synthetic_csv)["text"].tolist()
     clear = {"sports": "football goal team match coach league", "money": "stock market bank profit shares investors",
@@ -175,7 +175,7 @@ def test_generation_drops_duplicates_and_unconfident_rows(tmp_path, monkeypatch,
 
 
 def test_generate_refuses_bad_input(tmp_path, tiny_gpt2_dir, synthetic_csv):
-    from budgetlora.augment import generate_file, load_prompts
+    from budgetlora.data.augment import generate_file, load_prompts
 
     (tmp_path / "p.yaml").write_text("cooking: [a recipe]\n", encoding="utf-8")
     with pytest.raises(UserError, match="unknown class 'cooking'"):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import BertConfig, MPNetConfig
 
-from budgetlora.budget import check, count, plan_from_config
+from budgetlora.adapters.budget import check, count, plan_from_config
 from budgetlora.config import load_config, recipe_names
 from budgetlora.errors import UserError
-from budgetlora.model import build_model, resolve_targets
+from budgetlora.adapters.model import build_model, resolve_targets
 
 from .conftest import ROBERTA_BASE
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from budgetlora.clean import Cleaner, length_filter, resolve_steps
+from budgetlora.data.clean import Cleaner, length_filter, resolve_steps
 from budgetlora.config import load_config
 from budgetlora.data import read_table
 from budgetlora.errors import UserError

@@ -12,7 +12,7 @@ from .conftest import synthetic_frame, tiny_config
 
 
 def test_distill_loss_matches_its_formula():
-    from budgetlora.distill import distill_loss
+    from budgetlora.training.distill import distill_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(5, 4), torch.randn(5, 4)
@@ -27,7 +27,7 @@ def test_distill_loss_matches_its_formula():
 
 
 def test_teacher_columns_follow_the_class_names():
-    from budgetlora.distill import _columns
+    from budgetlora.training.distill import _columns
 
     assert _columns(["b", "a", "c"], ["a", "b", "c"], "t") == [1, 0, 2]
     assert _columns(["LABEL_0", "LABEL_1"], ["neg", "pos"], "t") == [0, 1]
@@ -36,8 +36,8 @@ def test_teacher_columns_follow_the_class_names():
 
 
 def test_teacher_logits_of_a_run_are_cached(trained_run, synthetic_test_csv, monkeypatch):
-    import budgetlora.distill as distill
-    from budgetlora.evaluate import evaluate_run
+    import budgetlora.training.distill as distill
+    from budgetlora.evaluation.metrics import evaluate_run
 
     run_dir, _ = trained_run
     texts = pd.read_csv(synthetic_test_csv)["text"].tolist()
@@ -61,7 +61,7 @@ def test_teacher_logits_of_a_run_are_cached(trained_run, synthetic_test_csv, mon
 def test_teacher_can_be_a_plain_classifier_folder(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from budgetlora.distill import teacher_logits
+    from budgetlora.training.distill import teacher_logits
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=2)
@@ -81,8 +81,8 @@ def test_teacher_can_be_a_plain_classifier_folder(tmp_path, tiny_model_dir):
 def test_student_learns_the_teacher_not_the_labels(tmp_path, trained_run, tiny_model_dir, synthetic_test_csv):
     """With weight=1 the labels are ignored: a student given random labels still agrees with the teacher."""
     from budgetlora import train
-    from budgetlora.distill import teacher_logits
-    from budgetlora.evaluate import evaluate_run
+    from budgetlora.training.distill import teacher_logits
+    from budgetlora.evaluation.metrics import evaluate_run
 
     run_dir, _ = trained_run
     frame = synthetic_frame(n=400, seed=8)
@@ -98,7 +98,7 @@ def test_student_learns_the_teacher_not_the_labels(tmp_path, trained_run, tiny_m
     test = pd.read_csv(synthetic_test_csv)
     names = ["money", "sports", "tech", "world"]
     teacher_pred = teacher_logits(str(run_dir), test["text"].tolist(), names, log=lambda m: None).argmax(1)
-    from budgetlora.predict import predict_file
+    from budgetlora.evaluation.predict import predict_file
 
     student = predict_file(tmp_path / "student", str(synthetic_test_csv), tmp_path / "p.csv", label_names_column=True)
     student_pred = student["LabelName"].map(names.index).to_numpy()

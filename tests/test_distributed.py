@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from budgetlora.train import train
+from budgetlora.training.loop import train
 
 from .conftest import TINY_TRAIN
 

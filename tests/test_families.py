@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, MPNetConfig, MPNetForMaskedLM
 
-from budgetlora.evaluate import table_logits
+from budgetlora.evaluation.metrics import table_logits
 from budgetlora.data import read_table
-from budgetlora.model import load_run
-from budgetlora.train import train
+from budgetlora.adapters.model import load_run
+from budgetlora.training.loop import train
 
 from .conftest import ROBERTA_BASE, tiny_config
 

@@ -80,7 +80,7 @@ def test_mixed_names_and_numbers_with_label_names_map_consistently(tiny_model_di
 
 
 def test_evaluate_reads_class_numbers_as_the_runs_classes(trained_run, tmp_path):
-    from budgetlora.evaluate import evaluate_run
+    from budgetlora.evaluation.metrics import evaluate_run
 
     out, _ = trained_run
     names = json.loads((out / "labels.json").read_text())
@@ -113,7 +113,7 @@ def test_one_based_integer_labels_train_when_named(tiny_model_dir, tmp_path, cap
 
 
 def test_declared_class_without_training_rows_is_warned(tiny_model_dir, tmp_path):
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     from .conftest import tiny_config
 
@@ -150,7 +150,7 @@ def test_max_length_beyond_the_position_embeddings_is_refused_before_writing(tin
 def test_position_limits_of_roberta_and_bert(tmp_path):
     from transformers import BertConfig
 
-    from budgetlora.model import max_input_length
+    from budgetlora.adapters.model import max_input_length
 
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                max_position_embeddings=64).save_pretrained(str(tmp_path))

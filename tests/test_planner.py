@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
 
-from budgetlora.budget import count
+from budgetlora.adapters.budget import count
 from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.errors import UserError
-from budgetlora.model import build_model, load_run, prepare_head, save_adapter
-from budgetlora.planner import DEFAULT_METHODS, config_cost, fill, plan
+from budgetlora.adapters.model import build_model, load_run, prepare_head, save_adapter
+from budgetlora.adapters.planner import DEFAULT_METHODS, config_cost, fill, plan
 
 from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
@@ -202,7 +202,7 @@ def test_mean_head_ignores_padding(tiny_model_dir, synthetic_csv):
 def test_linear_head_learns_the_synthetic_task_and_reloads(tiny_model_dir, synthetic_csv, tmp_path):
     from peft import PeftModel
 
-    from budgetlora.train import train
+    from budgetlora.training.loop import train
 
     out = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, synthetic_csv, "head.type=linear", "train.epochs=6")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from budgetlora.cli import main
 from budgetlora.errors import UserError
-from budgetlora.train import train
+from budgetlora.training.loop import train
 
 from .conftest import TINY_TRAIN, tiny_config
 
@@ -147,7 +147,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_model_dir, synthetic_
 
 def test_a_second_sweep_into_one_folder_is_refused(tmp_path):
     from budgetlora import files
-    from budgetlora.sweep import load_spec, run_sweep
+    from budgetlora.training.sweep import load_spec, run_sweep
 
     with files.FolderLock(tmp_path / "sweep", "sweep folder"):
         with pytest.raises(UserError, match=f"sweep folder .* in use by process {os.getpid()}"):

@@ -16,11 +16,12 @@ import yaml
 from matplotlib import image as mpimg
 
 from budgetlora import cli
-from budgetlora.compare import compare_runs, write_comparison
+from budgetlora.evaluation.compare import compare_runs, write_comparison
 from budgetlora.config import load_config
 from budgetlora.errors import UserError
-from budgetlora.report import write_report
-from budgetlora.train import lr_schedule, train
+from budgetlora.evaluation.report import write_report
+from budgetlora import train
+from budgetlora.training.schedule import lr_schedule
 
 from .conftest import tiny_config
 
@@ -153,8 +154,8 @@ def test_report_of_something_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_a_failing_report_warns_and_keeps_the_run(trained_run, tmp_path, monkeypatch):
-    import budgetlora.report
-    from budgetlora.train import _write_report
+    import budgetlora.evaluation.report
+    from budgetlora.training.loop import _write_report
 
     out = _copy_run(trained_run[0], tmp_path / "run")
     before = sorted(p.name for p in out.iterdir())
@@ -162,7 +163,7 @@ def test_a_failing_report_warns_and_keeps_the_run(trained_run, tmp_path, monkeyp
     def broken(run_dir):
         raise ValueError("no figures today")
 
-    monkeypatch.setattr(budgetlora.report, "write_report", broken)
+    monkeypatch.setattr(budgetlora.evaluation.report, "write_report", broken)
     with pytest.warns(UserWarning, match=r"run report not written \(ValueError: no figures today\); retry with"):
         _write_report(out, log=lambda message: None)
     assert sorted(p.name for p in out.iterdir()) == before
@@ -242,7 +243,7 @@ def test_config_rejects_an_unknown_tracker():
 
 
 def test_resume_drops_train_log_rows_after_the_checkpoint(tmp_path):
-    from budgetlora.train import _truncate_train_log
+    from budgetlora.training.loop import _truncate_train_log
 
     path = tmp_path / "train_log.csv"
     path.write_text("step,epoch,loss,accuracy,lr,samples_per_s\n1,0.1,1.0,0.2,0.0,5.0\n10,1,0.9,0.3,0.1,5.0\n"
@@ -281,8 +282,8 @@ def test_progress_bar_in_a_terminal_and_one_line_per_evaluation_in_logs(
 
 
 def test_prediction_shows_a_bar_only_in_a_terminal(trained_run, monkeypatch):
-    from budgetlora.evaluate import compute_logits
-    from budgetlora.model import load_run
+    from budgetlora.evaluation.metrics import compute_logits
+    from budgetlora.adapters.model import load_run
 
     model, tokenizer, cfg, _ = load_run(trained_run[0])
     ids = [np.array(tokenizer("goal team match")["input_ids"])] * 300

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from budgetlora.errors import UserError
-from budgetlora.sweep import expand, load_spec, run_sweep
+from budgetlora.training.sweep import expand, load_spec, run_sweep
 
 from .conftest import TINY_TRAIN, run_cli
 

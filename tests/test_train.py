@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from budgetlora import rundir
 from budgetlora.errors import UserError
-from budgetlora.train import train
+from budgetlora.training.loop import train
 
 from .conftest import tiny_config
 
@@ -116,7 +116,7 @@ def test_final_val_metrics_are_the_saved_adapter_on_the_exact_val_rows(trained_r
 
     from budgetlora.config import load_config
     from budgetlora.data import encode_labels, read_table, train_val_indices
-    from budgetlora.evaluate import evaluate_run
+    from budgetlora.evaluation.metrics import evaluate_run
 
     out, metrics = trained_run
     cfg = load_config(out / "config.yaml")

@@ -44,9 +44,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files, methods, rundir
-from .config import HEAD_TYPES, Config
-from .errors import UserError, warn
+from .. import files
+
+from . import methods
+
+from .. import rundir
+from ..config import HEAD_TYPES, Config
+from ..errors import UserError, warn
 
 LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layer|layers|h|blocks|block)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
@@ -412,7 +416,7 @@ def prepare_head(model: nn.Module, head_type: str = "standard") -> HeadSpec:
 
 def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, meta: bool = False,
                 total_steps: int | None = None):
-    """The PEFT config of cfg.adapter.method for `model` (budgetlora/methods.py); `head` is what
+    """The PEFT config of cfg.adapter.method for `model` (budgetlora/adapters/methods.py); `head` is what
     `prepare_head` returned (default: the standard head)."""
     if head is None:
         head = HeadSpec("standard", modules_to_save=head_modules(model))

@@ -4,7 +4,7 @@
 
 Reads what training left in the run directory (config.yaml, labels.json, budget.json,
 metrics.jsonl, metrics.json, train_log.csv, val_predictions.csv), draws the figures with
-budgetlora.plots into RUN_DIR/plots/, and writes RUN_DIR/report.md (images linked) and
+budgetlora.evaluation.plots into RUN_DIR/plots/, and writes RUN_DIR/report.md (images linked) and
 RUN_DIR/report.html (images embedded as base64: one file to mail or archive).
 
 The page is a list of blocks (heading, paragraph, table, image, preformatted text) rendered
@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import files, plots, rundir
-from .errors import UserError
-from .schedule import lr_schedule
+from .. import files
+
+from . import plots
+
+from .. import rundir
+from ..errors import UserError
+from ..training.schedule import lr_schedule
 
 MISCLASSIFIED_SAMPLE = 20
 TEXT_CHARS = 300  # longer texts are cut in the misclassified table

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import eval_batches
+from ..data import eval_batches
 
 
 def pad_id_of(tokenizer) -> int:
@@ -110,7 +110,7 @@ def full_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[str],
 
 def table_logits(model, tokenizer, cfg, table) -> np.ndarray:
     """Logits for every row of a TextTable, with the run's tokenisation settings."""
-    from .data import tokenize
+    from ..data import tokenize
 
     ids = tokenize(table.texts, tokenizer, cfg.model.max_length)
     return compute_logits(model, ids, cfg.train.eval_batch_size, pad_id_of(tokenizer),
@@ -121,9 +121,9 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
     """Load a finished run and compute full metrics on a labelled file (or hub split).
 
     `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
-    from .config import with_data_overrides
-    from .data import encode_labels, read_table
-    from .model import load_run
+    from ..config import with_data_overrides
+    from ..data import encode_labels, read_table
+    from ..adapters.model import load_run
 
     model, tokenizer, cfg, label_names = load_run(run_dir)
     cfg = with_data_overrides(cfg, data_overrides)

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import files
+from .. import files
 from .clean import collapse_whitespace, english_stopwords, nltk_corpus
-from .config import DataConfig
-from .data import AG_NEWS_LABELS, collate, encode_labels, infer_label_names, read_table, tokenize
-from .errors import UserError
+from ..config import DataConfig
+from . import AG_NEWS_LABELS, collate, encode_labels, infer_label_names, read_table, tokenize
+from ..errors import UserError
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 
@@ -298,14 +298,14 @@ class ConfidenceFilter:
 
     def __init__(self, run_dir: str | Path, min_confidence: float):
         from .clean import Cleaner
-        from .model import load_run
+        from ..adapters.model import load_run
 
         self.model, self.tokenizer, self.cfg, self.label_names = load_run(run_dir)
         self.cleaner = Cleaner.from_config(self.cfg.data)  # the run sees texts as it saw them in training
         self.run_dir, self.min_confidence = run_dir, min_confidence
 
     def keep(self, texts: list[str], label: str) -> np.ndarray:
-        from .evaluate import compute_logits, pad_id_of, softmax
+        from ..evaluation.metrics import compute_logits, pad_id_of, softmax
 
         if label not in self.label_names:
             raise UserError(f"classifier {self.run_dir} does not know class {label!r}; use a run trained on the same labels")

@@ -33,7 +33,6 @@ The grid/random search and the table are written here because they are a few lin
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import re
@@ -44,10 +43,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import files, rundir
-from .config import load_config
-from .errors import UserError
-from .train import train
+from .. import files
+
+from .. import rundir
+from ..config import load_config
+from ..errors import UserError
+from .loop import train
 
 METRICS = {  # name -> (path into metrics.json, higher is better)
     "val_accuracy": (("val", "accuracy"), True),

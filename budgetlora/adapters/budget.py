@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .errors import UserError
+from ..errors import UserError
 from .methods import layernorm_bias_copies
 from .model import head_modules, module_type
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import Config
+from ..config import Config
 
 
 def scheduler(cfg: Config, optimizer, total_steps: int):

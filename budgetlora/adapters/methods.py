@@ -61,8 +61,8 @@ from pathlib import Path
 
 import torch
 
-from .config import RANK_FREE_METHODS, AdapterConfig
-from .errors import UserError
+from ..config import RANK_FREE_METHODS, AdapterConfig
+from ..errors import UserError
 
 LORA_FAMILY = ("lora", "rslora", "dora", "pissa", "olora", "qlora")
 CONVERTED_INIT = ("pissa", "olora")  # initialisation that rewrites the base weights

@@ -14,15 +14,15 @@ from collections import Counter
 import numpy as np
 
 from .clean import Cleaner, length_bounds, resolve_steps
-from .config import Config
-from .data import tokenize
+from ..config import Config
+from . import tokenize
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
 def inspect_file(source: str, cfg: Config, *, examples: int = 5, trust_pickle: bool = False) -> dict:
-    from .data import read_table
-    from .model import load_tokenizer
+    from . import read_table
+    from ..adapters.model import load_tokenizer
 
     raw = read_table(source, dataclasses.replace(cfg.data, clean=None), need_labels=False, trust_pickle=trust_pickle)
     steps = resolve_steps(cfg.data.clean)

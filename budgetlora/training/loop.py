@@ -22,17 +22,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget, files, methods, rundir, tracking
-from .augment import training_extras
-from .clean import length_filter
-from .config import Config
-from .data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
-from .data import check_training_classes
+from .. import files
+
+from ..adapters import budget, methods
+
+from . import tracking
+from .. import rundir
+from ..data.augment import training_extras
+from ..data.clean import length_filter
+from ..config import Config
+from ..data import collate, encode_labels, epoch_batches, infer_label_names, read_table, tokenize, train_val_indices
+from ..data import check_training_classes
 from .distill import distill_loss, teacher_logits
-from .errors import UserError
-from .schedule import lr_schedule, scheduler as _scheduler  # noqa: F401 (lr_schedule: public here too)
-from .evaluate import compute_logits, full_metrics, pad_id_of, quick_metrics
-from .model import build_model, check_max_length, load_tokenizer, save_adapter, trainable_state
+from ..errors import UserError
+from .schedule import scheduler as _scheduler
+from ..evaluation.metrics import compute_logits, full_metrics, pad_id_of, quick_metrics
+from ..adapters.model import build_model, check_max_length, load_tokenizer, save_adapter, trainable_state
 
 def _accelerator(precision: str, **tracking_kwargs):
     from accelerate import Accelerator
@@ -421,7 +426,7 @@ def _write_val_predictions(path: Path, texts: list[str], labels: np.ndarray, log
     """One row per validation text: what the report's misclassified sample is drawn from."""
     import pandas as pd
 
-    from .evaluate import softmax
+    from ..evaluation.metrics import softmax
 
     probs = softmax(logits)
     pred = probs.argmax(axis=1)
@@ -432,7 +437,7 @@ def _write_val_predictions(path: Path, texts: list[str], labels: np.ndarray, log
 
 def _write_report(out: Path, log) -> None:
     """The run report; a failure to draw it costs a warning, never the run it describes."""
-    from .report import write_report  # report reads the run directory this function just finished
+    from ..evaluation.report import write_report  # report reads the run directory this function just finished
 
     try:
         paths = write_report(out)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import files, plots
-from .errors import UserError
+from .. import files
+
+from . import plots
+from ..errors import UserError
 from .report import read_run
 
 COLUMNS = ["run", "recipe", "method", "r", "alpha", "targets", "head", "trainable_params",

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from . import methods
-from .config import ADAPTER_METHODS, BIAS_METHODS, HEAD_TYPES, PATTERN_METHODS, TARGET_ROLES, AdapterConfig, Config
-from .errors import UserError
+from ..config import ADAPTER_METHODS, BIAS_METHODS, HEAD_TYPES, PATTERN_METHODS, TARGET_ROLES, AdapterConfig, Config
+from ..errors import UserError
 from .model import HeadSpec, adapter_targets, bias_layernorms, head_modules, load_backbone, prepare_head
 
 # The recommendation: among plain LoRA entries (the method with the most evidence behind it), the

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 CLEAN_STEPS = ("html", "tags", "urls", "escapes", "punctuation", "stopwords", "lowercase", "whitespace")
 PRESETS = {"standard": ("html", "tags", "urls", "escapes", "whitespace"), "none": ()}

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import files
-from .data import cache_dir, tokenize
-from .errors import UserError, warn
+from .. import files
+from ..data import cache_dir, tokenize
+from ..errors import UserError, warn
 
 
 def _is_run(path: Path) -> bool:
@@ -51,8 +51,8 @@ def teacher_identity(teacher: str) -> str:
 
 def _load_teacher(teacher: str, max_length: int):
     """(model, tokenizer, cleaner, max_length, class names) of a run or a classifier folder / hub id."""
-    from .clean import Cleaner
-    from .model import load_run
+    from ..data.clean import Cleaner
+    from ..adapters.model import load_run
 
     path = Path(teacher)
     if _is_run(path):
@@ -90,7 +90,7 @@ def _columns(teacher_names: list[str], label_names: list[str], teacher: str) -> 
 def teacher_logits(teacher: str, texts: list[str], label_names: list[str], *, max_length: int = 256,
                    batch_size: int = 128, log=print) -> np.ndarray:
     """(rows, classes) teacher logits in the student's class order; cached on disk."""
-    from .evaluate import compute_logits, pad_id_of
+    from ..evaluation.metrics import compute_logits, pad_id_of
 
     key = hashlib.sha256()
     key.update(f"{teacher_identity(teacher)}|{json.dumps(label_names)}|{max_length}|".encode())

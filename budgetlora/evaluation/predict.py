@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import files
-from .evaluate import softmax, table_logits
+from .. import files
+from .metrics import softmax, table_logits
 
 
 def prediction_frame(table, logits: np.ndarray, label_names: list[str]) -> pd.DataFrame:
@@ -56,9 +56,9 @@ def predict_file(
     """Predict every row of `data` and write `ID,Label[,LabelName][,prob_*]` to `out`.
 
     `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
-    from .config import with_data_overrides
-    from .data import read_table
-    from .model import load_run
+    from ..config import with_data_overrides
+    from ..data import read_table
+    from ..adapters.model import load_run
 
     out = files.check_new_file(out, overwrite=overwrite)
     model, tokenizer, cfg, label_names = load_run(run_dir)

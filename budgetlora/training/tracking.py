@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 TRACKERS = {  # name -> (pip package, Accelerate's availability check)
     "tensorboard": ("tensorboard", "is_tensorboard_available"),

@@ -1,0 +1,237 @@
+"""Sources: read text (and labels) from the hub or a local file into a TextTable.
+
+A hub dataset id (`ag_news`, or `ag_news:test` for a split), loaded with `datasets`; or a local
+CSV/TSV with a header, JSON lines, Parquet, the original headerless AG News CSV
+(`class(1-4),title,description`), or a pickle (only when trusted: unpickling runs code).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+from ..errors import UserError, listed
+from .clean import Cleaner
+
+AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
+
+
+@dataclass
+class TextTable:
+    """Rows read from one source, before labels become integers."""
+
+    texts: list[str]
+    labels: list | None  # raw values: ints or names
+    ids: list | None
+    label_names: list[str] | None  # names the source itself declares (hub ClassLabel, AG News)
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _format_of(path: Path, declared: str) -> str:
+    if declared not in ("auto", "hub"):
+        return declared
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz"):
+        suffixes = suffixes[:-1]
+    fmt = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise UserError(
+            f"unknown file format for {path}; name it .csv/.tsv/.jsonl/.parquet or --set "
+            "data.format=csv|tsv|jsonl|parquet|ag_news_csv|pickle"
+        )
+    if fmt == "csv" and _looks_like_ag_news_csv(path):
+        return "ag_news_csv"
+    return fmt
+
+
+def _open_text(path: Path):
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def _looks_like_ag_news_csv(path: Path) -> bool:
+    """The original AG News CSV has no header: "3","title","description"."""
+    try:
+        with _open_text(path) as f:
+            rows = [row for _, row in zip(range(5), csv.reader(f))]
+    except (UnicodeDecodeError, OSError, csv.Error):
+        return False
+    return bool(rows) and all(len(r) == 3 and r[0].strip() in ("1", "2", "3", "4") for r in rows)
+
+
+def _read_frame(path: Path, fmt: str, trust_pickle: bool) -> tuple[pd.DataFrame, list[str] | None]:
+    if fmt == "pickle" and not trust_pickle:
+        raise UserError(
+            f"{path} is a pickle, and unpickling runs code; pass --trust-pickle if you trust its source"
+        )
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, encoding="utf-8", keep_default_na=False), None
+        if fmt == "tsv":
+            return pd.read_csv(path, sep="\t", encoding="utf-8", keep_default_na=False), None
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8"), None
+        if fmt == "parquet":
+            return pd.read_parquet(path), None
+        if fmt == "ag_news_csv":
+            frame = pd.read_csv(
+                path, header=None, names=["label", "title", "description"], encoding="utf-8",
+                keep_default_na=False, dtype={"title": str, "description": str},
+            )
+            text = (frame["title"].str.strip() + " " + frame["description"].str.strip()).str.strip()
+            return pd.DataFrame({"text": text, "label": frame["label"].astype(int) - 1}), list(AG_NEWS_LABELS)
+        if fmt == "pickle":
+            obj = pd.read_pickle(path)
+            if hasattr(obj, "to_pandas"):  # a datasets.Dataset
+                obj = obj.to_pandas()
+            if isinstance(obj, dict):
+                obj = pd.DataFrame(obj)
+            if not isinstance(obj, pd.DataFrame):
+                raise UserError(f"{path} unpickles to {type(obj).__name__}; expected a table (DataFrame, Dataset or dict of columns)")
+            return obj, None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at position {e.start}); re-save it as UTF-8") from None
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        bad_line = _first_bad_json_line(path) if fmt == "jsonl" and isinstance(e, ValueError) else None
+        if bad_line is not None:
+            raise UserError(f"cannot read {path} as JSON lines: line {bad_line[0]} is not valid JSON ({bad_line[1]}); "
+                            "fix that line (one JSON object per line) or --set data.format=FORMAT") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} as {fmt} ({first}); check the file or --set data.format=FORMAT") from None
+    raise UserError(f"unknown data.format {fmt!r}")
+
+
+def _require_file(path: Path) -> None:
+    """A data source must be an existing file; a folder is named as one, with the files inside."""
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        hint = f" such as {listed(inside, limit=3)}" if inside else ""
+        raise UserError(f"data file {path} is a directory; give the path of a data file inside it{hint}")
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist; check the path (data.train / --data)")
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, JSON error) of the first line of a JSON-lines file that does not parse."""
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                return number, e.msg
+    return None
+
+
+def _split_hub_id(source: str, default_split: str) -> tuple[str, str]:
+    if ":" in source:
+        name, split = source.rsplit(":", 1)
+        return name, split
+    return source, default_split
+
+
+def _read_hub(source: str, split: str) -> tuple[pd.DataFrame, list[str] | None, "object"]:
+    import datasets
+
+    name, split = _split_hub_id(source, split)
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, missing dataset, missing split: all user-facing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(
+            f"cannot load dataset {name!r} (split {split!r}) from the Hugging Face hub ({first}); "
+            "check the name and the network, or give a local file (CSV/TSV/JSONL/Parquet)"
+        ) from None
+    return ds.to_pandas(), None, ds.features
+
+
+def is_local(source: str) -> bool:
+    """A path that exists or looks like a data file; anything else ("ag_news", "user/name:split") is a hub id."""
+    path = Path(source)
+    suffixes = {s.lower() for s in path.suffixes}
+    return path.exists() or bool(suffixes & (set(_EXTENSIONS) | {".gz"}))
+
+
+def read_table(
+    source: str,
+    cfg: DataConfig,
+    *,
+    split: str = "train",
+    need_labels: bool = True,
+    trust_pickle: bool = False,
+) -> TextTable:
+    """Read one source into texts, raw labels and ids; raise UserError on anything wrong."""
+    label_names = None
+    if cfg.format == "hub" or (cfg.format == "auto" and not is_local(source)):
+        frame, _, features = _read_hub(source, split)
+        feature = features.get(cfg.label_column) if features is not None else None
+        if feature is not None and hasattr(feature, "names"):
+            label_names = list(feature.names)
+    else:
+        path = Path(source)
+        _require_file(path)
+        fmt = _format_of(path, cfg.format)
+        frame, label_names = _read_frame(path, fmt, trust_pickle)
+
+    columns = [str(c) for c in frame.columns]
+    if cfg.text_column not in frame.columns:
+        raise UserError(
+            f"text column {cfg.text_column!r} not in {source} (columns: {', '.join(columns)}); "
+            "--set data.text_column=NAME"
+        )
+    labels = None
+    if cfg.label_column in frame.columns:
+        labels = frame[cfg.label_column].tolist()
+    elif need_labels:
+        raise UserError(
+            f"label column {cfg.label_column!r} not in {source} (columns: {', '.join(columns)}); "
+            "--set data.label_column=NAME"
+        )
+    texts = frame[cfg.text_column]
+    bad = [i for i, t in enumerate(texts.tolist()) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise UserError(
+            f"{len(bad)} row(s) of {source} have empty or non-text {cfg.text_column!r} (first: row {bad[0]}); "
+            "remove or fill them"
+        )
+    ids = None
+    id_column = cfg.id_column or next((c for c in ("id", "ID", "Id") if c in frame.columns), None)
+    if id_column is not None:
+        if id_column not in frame.columns:
+            raise UserError(f"id column {id_column!r} not in {source} (columns: {', '.join(columns)}); --set data.id_column=NAME")
+        ids = frame[id_column].tolist()
+    if labels is not None and need_labels:
+        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""]
+        if missing:
+            raise UserError(f"{len(missing)} row(s) of {source} have no label (first: row {missing[0]}); remove or fill them")
+    # data.clean: the one place every text of a run (train, evaluate, predict, serve) is cleaned
+    cleaned = Cleaner.from_config(cfg).apply(texts.tolist())
+    return TextTable(texts=cleaned, labels=labels, ids=ids, label_names=label_names, source=source)
