@@ -17,13 +17,14 @@ from .evaluation.metrics import evaluate_run
 from .adapters.model import build_model, load_run
 from .adapters.planner import fill, plan
 from .evaluation.predict import predict_file
-from .training.loop import train
+from .training.loop import Hooks, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Breakdown",
     "Config",
+    "Hooks",
     "UserError",
     "build_model",
     "count",

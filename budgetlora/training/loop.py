@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -67,6 +69,17 @@ def _better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "val_loss" else value > best
 
 
+@dataclass
+class Hooks:
+    """The two functions the loop calls that a caller may wrap or swap without patching budgetlora
+    (benchmarks time the training phase with them): `collate(token_ids, rows, pad_id, labels)`
+    builds every training batch, `compute_logits(model, token_ids, batch_size, pad_id, autocast)`
+    every evaluation (the first call after the last training step ends the training phase)."""
+
+    collate: Callable = collate
+    compute_logits: Callable = compute_logits
+
+
 def _claim(out: Path, *, overwrite: bool, resume: bool):
     """(plan, lock): the main process owns the run directory (rundir.claim); with several
     processes every one learns the plan, or the one-line refusal, from it."""
@@ -96,6 +109,7 @@ def train(
     resume: bool = False,
     trust_pickle: bool = False,
     log=print,
+    hooks: Hooks | None = None,
 ) -> dict:
     """Train `cfg` into run directory `out`; returns the final metrics (also in metrics.json).
 
@@ -103,13 +117,13 @@ def train(
     into it is refused. overwrite=True keeps the old run until the new one has finished."""
     plan, lock = _claim(Path(out), overwrite=overwrite, resume=resume)
     try:
-        return _run(cfg, plan, trust_pickle=trust_pickle, log=log)
+        return _run(cfg, plan, trust_pickle=trust_pickle, log=log, hooks=hooks or Hooks())
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -> dict:
+def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log, hooks: Hooks) -> dict:
     out = plan.work  # where this run writes until it has finished (see rundir)
     state = None  # the checkpoint to resume from, read (and refused if corrupt) before any work
     if plan.resume:
@@ -238,7 +252,7 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
         weight = world / len(rows)
         if len(mine) == 0:  # a last batch smaller than the number of processes
             mine, weight = rows[:1], 0.0
-        batch = collate(train_ids, mine, pad_id, y_train)
+        batch = hooks.collate(train_ids, mine, pad_id, y_train)
         torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout masks: a function of the step
 
         with accelerator.autocast():
@@ -288,7 +302,7 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
             since_eval_totals = accelerator.reduce(since_eval, reduction="sum").tolist()  # (loss, correct) over processes
             train_loss = since_eval_totals[0] / world / max(since_eval_steps, 1)
             train_seconds += time.perf_counter() - phase_start  # .item() waited for the device
-            val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+            val_logits = _logits(model, val_ids, cfg, pad_id, accelerator, hooks)
             val = quick_metrics(val_logits, y_val)
             record = {
                 "step": step,
@@ -343,7 +357,7 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
     if main_process:
         save_adapter(model, out / rundir.ADAPTER, tokenizer)
     if best_val_logits is None:  # a checkpoint from before best_val_logits was kept
-        best_val_logits = _logits(model, val_ids, cfg, pad_id, accelerator)
+        best_val_logits = _logits(model, val_ids, cfg, pad_id, accelerator, hooks)
     result = {
         "recipe": cfg.recipe,
         "best_step": best_step,
@@ -367,7 +381,7 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
     if test is not None:
         test_table, y_test = test
         test_ids = tokenize(test_table.texts, tokenizer, cfg.model.max_length)
-        result["test"] = full_metrics(_logits(model, test_ids, cfg, pad_id, accelerator), y_test, label_names,
+        result["test"] = full_metrics(_logits(model, test_ids, cfg, pad_id, accelerator, hooks), y_test, label_names,
                                       seed=cfg.train.seed)
     if main_process:
         files.write_json(out / rundir.METRICS, result)
@@ -389,15 +403,15 @@ def _run(cfg: Config | None, plan: rundir.RunPlan, *, trust_pickle: bool, log) -
     return result
 
 
-def _logits(model, token_ids, cfg: Config, pad_id: int, accelerator) -> np.ndarray:
+def _logits(model, token_ids, cfg: Config, pad_id: int, accelerator, hooks: Hooks) -> np.ndarray:
     """Logits for all rows; with several processes each computes a share and all get the whole."""
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
-        return compute_logits(model, token_ids, cfg.train.eval_batch_size, pad_id, accelerator.autocast)
+        return hooks.compute_logits(model, token_ids, cfg.train.eval_batch_size, pad_id, accelerator.autocast)
     from accelerate.utils import gather_object
 
     share = np.arange(len(token_ids))[rank::world]
-    logits = compute_logits(model, [token_ids[i] for i in share], cfg.train.eval_batch_size, pad_id,
+    logits = hooks.compute_logits(model, [token_ids[i] for i in share], cfg.train.eval_batch_size, pad_id,
                             accelerator.autocast)
     out = None
     for rows, part in gather_object([(share, logits)]):
