@@ -216,3 +216,63 @@ def read_labels(run_dir: Path) -> list[str]:
         raise files.corrupt(run_dir / LABELS, ValueError("not a list of class names"),
                             "restore it or rerun the training with --overwrite")
     return names
+
+
+# ---------------------------------------------------------------- the logs that grow
+
+
+TRAIN_LOG_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr", "samples_per_s")
+
+
+def append_history(work: Path, record: dict) -> None:
+    """One evaluation, one line of metrics.jsonl."""
+    import json
+
+    files.append_line(work / HISTORY, json.dumps(record))
+
+
+def append_train_log(work: Path, row: dict) -> None:
+    """One row of train_log.csv (TRAIN_LOG_COLUMNS), the header first."""
+    path = work / TRAIN_LOG
+    if not path.is_file():
+        files.write_text(path, ",".join(TRAIN_LOG_COLUMNS) + "\n")
+    files.append_line(path, ",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c])
+                                     for c in TRAIN_LOG_COLUMNS))
+
+
+def truncate_logs(work: Path, step: int) -> None:
+    """Drop what metrics.jsonl and train_log.csv logged after `step` (the checkpoint a run resumes
+    from), and a partial last line a kill left."""
+    import json
+
+    history = work / HISTORY
+    if history.is_file():
+        kept = [record for record in files.read_jsonl(history) if record.get("step", step + 1) <= step]
+        files.write_text(history, "".join(json.dumps(record) + "\n" for record in kept))
+    train_log = work / TRAIN_LOG
+    if train_log.is_file():
+        header, *rows = train_log.read_text(encoding="utf-8").splitlines() or [",".join(TRAIN_LOG_COLUMNS)]
+        kept = [line for line in rows if _complete_log_row(line) and int(line.split(",", 1)[0]) <= step]
+        files.write_text(train_log, "".join(line + "\n" for line in [header, *kept]))
+
+
+def _complete_log_row(line: str) -> bool:
+    fields = line.split(",")
+    if len(fields) != len(TRAIN_LOG_COLUMNS) or not fields[0].isdigit():
+        return False
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return True
+
+
+def write_val_predictions(work: Path, texts: list[str], labels, probs, label_names: list[str]) -> None:
+    """val_predictions.csv: one row per validation text, with its true and predicted class and the
+    confidence (what the report's misclassified sample is drawn from)."""
+    import pandas as pd
+
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame({"text": texts, "true": [label_names[i] for i in labels],
+                          "pred": [label_names[i] for i in pred], "confidence": probs.max(axis=1)})
+    files.write_csv(work / VAL_PREDICTIONS, frame)

@@ -133,3 +133,12 @@ def test_final_val_metrics_are_the_saved_adapter_on_the_exact_val_rows(trained_r
     again = evaluate_run(out, str(val_csv))
     assert again["accuracy"] == metrics["val"]["accuracy"]
     assert np.isclose(again["loss"], metrics["val"]["loss"], rtol=1e-5)
+
+
+def test_resume_with_a_different_config_is_refused_not_silently_replaced(trained_run, tiny_model_dir, synthetic_csv):
+    out, metrics = trained_run
+    other = tiny_config(tiny_model_dir, synthetic_csv, "train.lr=5e-3")
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(UserError, match="resume continues .* saved config.yaml, and the config given differs"):
+        train(other, out, resume=True, **quiet)
+    assert (out / "metrics.json").read_bytes() == before
