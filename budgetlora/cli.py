@@ -18,16 +18,45 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _add_set(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """--set, repeatable, collected in args.overrides."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="bundled recipe name or YAML file (default: default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
+    _add_set(p, "KEY=VALUE", "override one config value, e.g. --set train.lr=3e-4 (repeatable)")
 
 
 def _add_data_set_arg(p: argparse.ArgumentParser) -> None:
     """--set for commands that read data with a trained run's config (evaluate, predict)."""
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="override a data setting, e.g. --set data.text_column=body (repeatable; data.* only)")
+    _add_set(p, "data.KEY=VALUE", "override a data setting, e.g. --set data.text_column=body (repeatable; data.* only)")
+
+
+def _add_reading_set_arg(p: argparse.ArgumentParser) -> None:
+    """--set for the augment commands: data settings for reading their input files."""
+    _add_set(p, "KEY=VALUE", "data settings for reading the files, e.g. --set data.clean=standard")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    """--model of the commands that count parameters from config.json alone (params, plan)."""
+    p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
+
+
+def _add_num_labels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace an existing {what}")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_trust_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
 
 
 def _cmd_train(args) -> int:
@@ -231,28 +260,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune under the budget into a run directory")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _add_overwrite(p, "run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("params", help="exact trainable-parameter breakdown from a config (no weights)")
     _add_config_args(p)
-    p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
-    p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_model(p)
+    _add_num_labels(p)
+    _add_json(p)
     p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("plan", help="which head x targets x method x rank fit the budget (no weights); --fill: largest r")
     _add_config_args(p)
-    p.add_argument("--model", help="hub id or local folder with config.json (sets model.name)")
+    _add_model(p)
     p.add_argument("--budget", type=int, help="trainable-parameter budget (sets budget.max_trainable)")
-    p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
+    _add_num_labels(p)
     p.add_argument("--fill", action="store_true",
                    help="print the config (recipe + --set) with the largest adapter.r that fits, as YAML")
     p.add_argument("--methods", help="comma-separated adapter methods to plan (default: all but qlora)")
     p.add_argument("--limit", type=int, default=40, help="table rows to show (0: all; --json lists all)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_json(p)
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
@@ -260,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
     _add_data_set_arg(p)
     p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_overwrite(p, "--out file")
+    _add_json(p)
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="write ID,Label predictions for a file")
@@ -272,13 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     p.add_argument("--label-names", action="store_true", help="add a LabelName column")
     _add_data_set_arg(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_overwrite(p, "--out file")
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quickstart", help="offline demo: real MiniLM on bundled AG News, train/evaluate/predict")
     p.add_argument("--out", default="budgetlora-quickstart", help="folder for the run and predictions")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_overwrite(p, "--out folder")
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("sweep", help="several configs x seeds, one run each, one results table (resumable)")
@@ -316,14 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="data file or hub dataset (id:split)")
     p.add_argument("--model", help="tokenizer to count tokens with (sets model.tokenizer)")
     p.add_argument("--examples", type=int, default=5, help="before/after cleaning examples to show (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_json(p)
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_data_inspect)
 
     aug_sub = sub.add_parser("augment", help="write augmented training rows (synonyms, generation)").add_subparsers(
         dest="augment_command", required=True, parser_class=_Parser)
-    data_set = dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="data settings for reading the files, e.g. --set data.clean=standard")
     p = aug_sub.add_parser("synonyms", help="WordNet synonym copies of every row, to a CSV for data.extra_train")
     p.add_argument("input", help="labelled data file")
     p.add_argument("output", help="CSV to write (text, label, source)")
@@ -331,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=1, help="augmented copies per row (default 1)")
     p.add_argument("--protect", help="comma-separated words never replaced")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", **data_set)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_reading_set_arg(p)
+    _add_overwrite(p, "output file")
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_augment_synonyms)
 
     p = aug_sub.add_parser("generate", help="fine-tune a causal LM on in-domain text, generate labelled rows")
@@ -355,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=float, default=0.0, help="with --classifier: least probability (default 0)")
     p.add_argument("--save-model", help="folder to save the fine-tuned LM in")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", **data_set)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
+    _add_reading_set_arg(p)
+    _add_overwrite(p, "--out file")
+    _add_trust_pickle(p)
     p.set_defaults(func=_cmd_augment_generate)
     return parser
 

@@ -4,6 +4,13 @@ A recipe is a YAML file with up to seven sections (model, data, adapter, head, t
 distill); whatever it leaves out takes the dataclass default below. Every key and value is checked here,
 before any model or data is touched, and a wrong one raises a UserError that names the key and
 what is allowed.
+
+The dataclass defaults ARE the `default` recipe (there is no default.yaml): roberta-base + LoRA
+r=6, alpha 12, dropout 0 on every Linear of the encoder (q,k,v,o and the feed-forward layers)
+with a mean-pooling linear head, lr 1e-3, weight decay 0.01, 6% warmup, early stopping after 2
+evaluations: 998,404 trainable parameters on roberta-base, the largest rank under 1,000,000
+(`budgetlora plan --fill`). Chosen by benchmarks/best_default.py (docs/best_default.md). The
+README's configuration table is checked against these defaults by tests/test_config.py.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, Union
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 TARGET_ROLES = ("attention", "attention_all", "ffn", "all_linear")
 # adapter.method: every one is a PEFT tuner, see budgetlora/adapters/methods.py and the README
@@ -65,10 +72,10 @@ class DataConfig:
 class AdapterConfig:
     method: str = field(default="lora", metadata=_choice(*ADAPTER_METHODS))
     r: int = field(default=6, metadata={"min": 1})
-    alpha: float = field(default=24.0, metadata={"min_exclusive": 0})
-    dropout: float = field(default=0.1, metadata={"min": 0, "max": 0.99})
+    alpha: float = field(default=12.0, metadata={"min_exclusive": 0})
+    dropout: float = field(default=0.0, metadata={"min": 0, "max": 0.99})
     # a role (attention, attention_all, ffn, all_linear) or a list of module names
-    targets: Union[str, list[str]] = "attention"
+    targets: Union[str, list[str]] = "all_linear"
     bias: str = field(default="none", metadata=_choice("none", "lora_only", "all"))
     layernorm_bias: bool = False  # bitfit: also train the LayerNorm biases (BitFit's every bias term)
     # ---- layer selection, per-module ranks, method knobs (budgetlora/adapters/methods.py)
@@ -91,7 +98,7 @@ class HeadConfig:
     # standard: the model's own head, trained fully; standard_lora: its hidden Linear(s) frozen +
     # LoRA (adapter.r), output layer trained fully; linear: one Linear on the first token;
     # mean: one Linear on the mask-weighted mean of the tokens (see budgetlora/adapters/model.py)
-    type: str = field(default="standard", metadata=_choice(*HEAD_TYPES))
+    type: str = field(default="mean", metadata=_choice(*HEAD_TYPES))
 
 
 @dataclass
@@ -104,13 +111,13 @@ class TrainConfig:
     # rows: batch_size rows per batch; tokens: as many batches, each about the same number of tokens
     # (batch_size rows on average; wide batches of short rows, narrow ones of long rows)
     batching: str = field(default="rows", metadata=_choice("rows", "tokens"))
-    lr: float = field(default=2e-4, metadata={"min_exclusive": 0})
-    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    lr: float = field(default=1e-3, metadata={"min_exclusive": 0})
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
     scheduler: str = field(default="linear", metadata=_choice("linear", "cosine", "constant"))
-    warmup: float = field(default=0.0, metadata={"min": 0})  # fraction of steps if < 1, else steps
+    warmup: float = field(default=0.06, metadata={"min": 0})  # fraction of steps if < 1, else steps
     max_grad_norm: float | None = field(default=1.0, metadata={"min_exclusive": 0})
     eval_every: int | None = field(default=None, metadata={"min": 1})  # steps; None = each epoch
-    early_stopping_patience: int | None = field(default=None, metadata={"min": 1})
+    early_stopping_patience: int | None = field(default=2, metadata={"min": 1})  # None: off
     metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))
     seed: int = 42
     precision: str = field(default="auto", metadata=_choice("auto", "fp32", "bf16", "fp16"))
@@ -135,9 +142,12 @@ class DistillConfig:
     weight: float = field(default=0.5, metadata={"min": 0, "max": 1})  # of the KD term; 1 - weight: cross-entropy
 
 
+DEFAULT_RECIPE = "default"  # the name of these dataclass defaults as a recipe (no file)
+
+
 @dataclass
 class Config:
-    recipe: str = "default"
+    recipe: str = DEFAULT_RECIPE
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -331,27 +341,34 @@ def _check_adapter(a: AdapterConfig) -> None:
 
 
 def recipe_names() -> list[str]:
+    """The bundled recipes: `default` (the dataclass defaults) and budgetlora/recipes/*.yaml."""
     folder = resources.files("budgetlora") / "recipes"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    bundled = {p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return sorted(bundled | {DEFAULT_RECIPE})
 
 
-def _read_recipe(recipe: str | Path | None) -> tuple[str, dict]:
-    if recipe is None:
-        recipe = "default"
+def _recipe_text(recipe: str | Path) -> tuple[str, str]:
+    """(name, YAML text) of a recipe file or of a bundled recipe other than `default`."""
     path = Path(recipe)
     if str(recipe).endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise UserError(f"recipe file {recipe} does not exist; give a YAML path or one of: {', '.join(recipe_names())}")
-        text, name = path.read_text(encoding="utf-8"), path.stem
-    else:
-        res = resources.files("budgetlora") / "recipes" / f"{recipe}.yaml"
-        if not res.is_file():
-            raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(recipe_names())}, or give a YAML file")
-        text, name = res.read_text(encoding="utf-8"), str(recipe)
+        return path.stem, path.read_text(encoding="utf-8")
+    res = resources.files("budgetlora") / "recipes" / f"{recipe}.yaml"
+    if not res.is_file():
+        raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(recipe_names())}, or give a YAML file")
+    return str(recipe), res.read_text(encoding="utf-8")
+
+
+def _read_recipe(recipe: str | Path | None) -> tuple[str, dict]:
+    """(name, raw values) of a recipe; `default` (or None) sets nothing: it is the dataclass defaults."""
+    if recipe is None or (str(recipe) == DEFAULT_RECIPE and not Path(recipe).is_file()):
+        return DEFAULT_RECIPE, {"recipe": DEFAULT_RECIPE}
+    name, text = _recipe_text(recipe)
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"recipe {recipe} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+        raise UserError(f"recipe {recipe} is not valid YAML ({first_line(e, limit=None)}); fix the file") from None
     if not isinstance(values, dict):
         raise UserError(f"recipe {recipe} must be a YAML mapping of sections (model, data, adapter, ...)")
     values.setdefault("recipe", name)

@@ -16,6 +16,12 @@ def warn(message: str) -> None:
     print(f"budgetlora: warning: {message}", file=sys.stderr)
 
 
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """The first line of `error`'s message (its type's name if the message is empty), at most
+    `limit` characters: what a one-line message can quote of a library's exception."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def listed(values, limit: int = 8) -> str:
     """A short comma-separated list for a one-line message."""
     values = list(values)

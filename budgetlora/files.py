@@ -24,7 +24,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM}
@@ -74,8 +74,7 @@ def os_error_line(error: OSError) -> str:
 
 def corrupt(path: Path | str, error: BaseException, fix: str) -> UserError:
     """One line for a file budgetlora wrote that cannot be read back."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    return UserError(f"{path} is truncated or corrupt ({first}); {fix}")
+    return UserError(f"{path} is truncated or corrupt ({first_line(error, limit=160)}); {fix}")
 
 
 # ---------------------------------------------------------------- atomic writes

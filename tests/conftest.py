@@ -18,6 +18,8 @@ import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROBERTA_BASE = FIXTURES / "roberta-base-tokenizer"  # real config + tokenizer, no weights
+GPT2_TOKENIZER = FIXTURES / "gpt2-tokenizer"  # real config + tokenizer, no weights
+NLTK_FIXTURE = FIXTURES / "nltk_data"  # corpora/stopwords.zip (34 kB); WordNet (11 MB) is not bundled
 
 TOPICS = {
     "sports": ["football", "goal", "team", "match", "coach", "league"],
@@ -134,19 +136,31 @@ def run_cli(*args, cwd=None):
     )
 
 
-# ---------------------------------------------------------------- shared offline assets (issue 7)
+# ---------------------------------------------------------------- NLTK data
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the checkout
+SHARED_NLTK = Path(__file__).resolve().parents[2] / "shared" / "data" / "nltk_data"  # ../shared, where there is one
+WORDNET_HINT = ("WordNet is not bundled with the tests (11 MB): run `python -m nltk.downloader wordnet`, "
+                "or set NLTK_DATA to a folder holding corpora/wordnet.zip")
 
 
 @pytest.fixture(scope="session")
-def nltk_data() -> Path:
-    """NLTK stopwords + WordNet from ../shared/data/nltk_data, through NLTK_DATA (the standard way)."""
-    folder = SHARED / "data" / "nltk_data"
-    if not (folder / "corpora" / "wordnet.zip").is_file() or not (folder / "corpora" / "stopwords.zip").is_file():
-        pytest.skip(f"NLTK data not found at {folder} (needs corpora/stopwords.zip and corpora/wordnet.zip)")
-    os.environ["NLTK_DATA"] = str(folder)
-    return folder
+def nltk_stopwords() -> None:
+    """NLTK's stopwords from tests/fixtures/nltk_data, put first on NLTK_DATA (the standard way)."""
+    folders = [str(NLTK_FIXTURE), *([str(SHARED_NLTK)] if SHARED_NLTK.is_dir() else []),
+               *os.environ.get("NLTK_DATA", "").split(os.pathsep)]
+    os.environ["NLTK_DATA"] = os.pathsep.join(dict.fromkeys(f for f in folders if f))
+
+
+@pytest.fixture(scope="session")
+def nltk_wordnet(nltk_stopwords) -> None:
+    """WordNet wherever NLTK finds it (NLTK_DATA, ~/nltk_data, ../shared); skipped, saying how to get it, if nowhere."""
+    from budgetlora.data.clean import nltk_corpus
+    from budgetlora.errors import UserError
+
+    try:
+        nltk_corpus("wordnet")
+    except UserError:
+        pytest.skip(WORDNET_HINT)
 
 
 def perturbed_model(cfg, label_names):

@@ -6,15 +6,13 @@ import pytest
 
 from budgetlora.errors import UserError
 
-from .conftest import SHARED, run_cli, synthetic_frame, tiny_config
-
-GPT2_TOKENIZER = SHARED / "models" / "gpt2-tokenizer"
+from .conftest import GPT2_TOKENIZER, run_cli, synthetic_frame, tiny_config
 
 
 # ---------------------------------------------------------------- synonyms
 
 
-def test_synonym_replacement(nltk_data):
+def test_synonym_replacement(nltk_wordnet):
     from budgetlora.data.augment import replace_synonyms, synonym_copies, synonyms
 
     assert "automobile" in synonyms("car") and "car" not in synonyms("car")
@@ -35,7 +33,7 @@ def test_synonym_replacement(nltk_data):
     assert synonym_copies(["big happy dog"], 0.5, 3, seed=1) == synonym_copies(["big happy dog"], 0.5, 3, seed=1)
 
 
-def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_data, tmp_path, tiny_model_dir):
+def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_wordnet, tmp_path, tiny_model_dir):
     from budgetlora import train
     from budgetlora.data.augment import synonyms_file
     from budgetlora.data import encode_labels, read_table, split_train_val
@@ -76,8 +74,6 @@ def test_synonyms_file_and_training_appends_it_without_validation_leaks(nltk_dat
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory):
     """A random 2-layer GPT-2 (hidden 32) with the real GPT-2 tokenizer: no GPT-2 weights are needed."""
-    if not (GPT2_TOKENIZER / "vocab.json").is_file():
-        pytest.skip(f"GPT-2 tokenizer not found at {GPT2_TOKENIZER}")
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 

@@ -155,3 +155,37 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def _subcommands(parser, path=("budgetlora",)):
+    """(command path, parser) for every command and subcommand."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_shared_flags_mean_the_same_in_every_command():
+    from budgetlora.cli import build_parser
+
+    helps = {}
+    for path, parser in _subcommands(build_parser()):
+        for action in parser._actions:
+            for flag in set(action.option_strings) & {"--trust-pickle", "--json", "--overwrite", "--set"}:
+                helps.setdefault(flag, {})[" ".join(path[1:])] = (action.help, action.dest, action.default)
+    assert set(helps["--trust-pickle"]) == {"train", "evaluate", "predict", "data inspect", "augment synonyms",
+                                            "augment generate"}
+    assert len(set(helps["--trust-pickle"].values())) == len(set(helps["--json"].values())) == 1
+    assert all(h.startswith("replace an existing ") and d is False for h, _, d in helps["--overwrite"].values())
+    assert all(dest == "overrides" and default == [] for _, dest, default in helps["--set"].values())
+
+
+def test_first_line_of_an_error_fits_a_one_line_message():
+    from budgetlora.errors import first_line
+
+    assert first_line(ValueError("  bad value\nTraceback detail")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(OSError("x" * 300)) == "x" * 200 and first_line(OSError("x" * 300), limit=None) == "x" * 300

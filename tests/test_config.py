@@ -1,9 +1,19 @@
+import dataclasses
+import json
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
-from budgetlora.config import from_dict, load_config, recipe_names
+from budgetlora.config import Config, from_dict, load_config, recipe_names
 from budgetlora.errors import UserError
 
+from .conftest import FIXTURES
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# every bundled recipe resolved by the code before the dataclass defaults became the default recipe
+RESOLVED = json.loads((FIXTURES / "recipes-resolved.json").read_text(encoding="utf-8"))
 PUBLISHED = ["r6-qkv-a6", "r6-qkv-a24", "r7-qkv-a77", "r2-qv-a4", "r4-qkv-a64-bias"]
 
 
@@ -80,3 +90,75 @@ def test_recipe_from_yaml_file_and_resolved_config_round_trips(tmp_path):
 def test_unknown_recipe_lists_the_bundled_ones():
     with pytest.raises(UserError, match="r6-qkv-a24"):
         load_config("nope")
+
+
+# ---------------------------------------------------------------- one set of defaults
+
+
+def test_the_default_recipe_is_the_dataclass_defaults():
+    assert load_config(None) == load_config("default") == Config()
+    assert Config().recipe == "default"
+
+
+def test_bundled_recipes_are_the_snapshotted_ones():
+    assert sorted(RESOLVED) == recipe_names()
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVED))
+def test_bundled_recipe_resolves_exactly_as_before(name):
+    """A recipe spells out every setting it needs beside the defaults; a changed default must not
+    change it. An intended change of a recipe updates tests/fixtures/recipes-resolved.json too."""
+    assert load_config(name).to_dict() == RESOLVED[name]
+
+
+README_NONE = {"none", "off", "all", "auto", "each epoch", "from the data", "= `model.name`", "r // 2"}
+
+
+def _readme_value(cell: str):
+    """A default as the README's table writes it: `text`, a number, true/false, or a word for None."""
+    if re.fullmatch(r"`[^`]*`", cell):
+        return cell[1:-1]
+    if cell in README_NONE:
+        return None
+    if cell in ("true", "false"):
+        return cell == "true"
+    return float(cell.replace(",", ""))
+
+
+def _readme_defaults() -> dict[str, object]:
+    """{section.key: default} from the Configuration table; a row may hold several keys (`a` / `b`,
+    or `a`, `b`) with as many defaults, or one default for them all."""
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1].split("\n### ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        key_cell, default_cell = [c.strip() for c in line.split(" | ")[:2]]
+        keys = [k.strip("`| ") for k in re.split(r" / |, ", key_cell)]
+        values = [_readme_value(v) for v in re.split(r" / |, ", default_cell)]
+        assert len(values) in (1, len(keys)), line
+        for key, value in zip(keys, values * len(keys) if len(values) == 1 else values):
+            assert key not in documented, f"{key} is in the README's table twice"
+            documented[key] = value
+    return documented
+
+
+def _config_defaults() -> dict[str, object]:
+    return {f"{section}.{key}": value for section, keys in Config().to_dict().items() if isinstance(keys, dict)
+            for key, value in keys.items()}
+
+
+def test_readme_configuration_table_documents_every_key_with_its_default():
+    documented, defaults = _readme_defaults(), _config_defaults()
+    undocumented, unknown = sorted(defaults.keys() - documented.keys()), sorted(documented.keys() - defaults.keys())
+    assert not undocumented, f"config keys missing from the README's table: {undocumented}"
+    assert not unknown, f"README table keys that are not config keys: {unknown}"
+    wrong = {key: (documented[key], value) for key, value in defaults.items()
+             if documented[key] != (pytest.approx(value) if isinstance(value, float) else value)}
+    assert not wrong, f"README default != Config() default: {wrong}"
+
+
+def test_readme_names_the_config_sections():
+    sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)]
+    words = {6: "six", 7: "seven", 8: "eight", 9: "nine"}
+    assert f"A recipe is YAML with {words[len(sections)]} sections ({', '.join(sections)})" in README.read_text(encoding="utf-8")

@@ -33,7 +33,7 @@ from .. import files
 from .clean import collapse_whitespace, english_stopwords, nltk_corpus
 from ..config import DataConfig
 from . import AG_NEWS_LABELS, collate, encode_labels, infer_label_names, read_table, tokenize
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 
@@ -226,8 +226,7 @@ def load_causal_lm(name: str):
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot load causal language model {name!r} ({first}); give a hub id or a local folder") from None
+        raise UserError(f"cannot load causal language model {name!r} ({first_line(e)}); give a hub id or a local folder") from None
     if tokenizer.eos_token_id is None:
         raise UserError(f"{name}: its tokenizer has no end-of-text token; use a causal LM such as gpt2")
     if tokenizer.pad_token_id is None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
-from ..errors import UserError, listed
+from ..errors import UserError, first_line, listed
 from .clean import Cleaner
 
 AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -123,8 +123,7 @@ def _read_frame(path: Path, fmt: str, trust_pickle: bool) -> tuple[pd.DataFrame,
         if bad_line is not None:
             raise UserError(f"cannot read {path} as JSON lines: line {bad_line[0]} is not valid JSON ({bad_line[1]}); "
                             "fix that line (one JSON object per line) or --set data.format=FORMAT") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path} as {fmt} ({first}); check the file or --set data.format=FORMAT") from None
+        raise UserError(f"cannot read {path} as {fmt} ({first_line(e, limit=None)}); check the file or --set data.format=FORMAT") from None
     raise UserError(f"unknown data.format {fmt!r}")
 
 
@@ -165,9 +164,8 @@ def _read_hub(source: str, split: str) -> tuple[pd.DataFrame, list[str] | None, 
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # network, missing dataset, missing split: all user-facing
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
-            f"cannot load dataset {name!r} (split {split!r}) from the Hugging Face hub ({first}); "
+            f"cannot load dataset {name!r} (split {split!r}) from the Hugging Face hub ({first_line(e)}); "
             "check the name and the network, or give a local file (CSV/TSV/JSONL/Parquet)"
         ) from None
     return ds.to_pandas(), None, ds.features

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import warn
+from ..errors import first_line, warn
 
 def cache_dir() -> Path:
     root = os.environ.get("BUDGETLORA_CACHE") or os.path.join(
@@ -45,7 +45,7 @@ def tokenize(texts: list[str], tokenizer, max_length: int, use_cache: bool = Tru
             path.parent.mkdir(parents=True, exist_ok=True)
             return _map_tokenizer(texts, tokenizer, max_length, fingerprint, path)
         except Exception as e:  # noqa: BLE001 -- arrow, OS and datasets errors all mean "no usable cache"
-            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+            reason = f"{type(e).__name__}: {first_line(e, limit=160)}"
             if existed:
                 warn(f"token cache {path} is unreadable ({reason}); deleted, tokenising again")
                 path.unlink(missing_ok=True)

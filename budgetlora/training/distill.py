@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import files
 from ..data import cache_dir, tokenize
-from ..errors import UserError, warn
+from ..errors import UserError, first_line, warn
 
 
 def _is_run(path: Path) -> bool:
@@ -64,9 +64,8 @@ def _load_teacher(teacher: str, max_length: int):
         model = AutoModelForSequenceClassification.from_pretrained(teacher)
         tokenizer = AutoTokenizer.from_pretrained(teacher)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
-            f"cannot load teacher {teacher!r} ({first}); give a budgetlora run directory, "
+            f"cannot load teacher {teacher!r} ({first_line(e)}); give a budgetlora run directory, "
             "a sequence-classification model folder or a hub id (distill.teacher)"
         ) from None
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

@@ -47,7 +47,7 @@ from .. import files
 
 from .. import rundir
 from ..config import load_config
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .loop import train
 
 METRICS = {  # name -> (path into metrics.json, higher is better)
@@ -102,7 +102,7 @@ def load_spec(path: str | Path | None = None, **flags) -> SweepSpec:
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"sweep file {path} is not valid YAML ({str(e).splitlines()[0]}); fix it") from None
+            raise UserError(f"sweep file {path} is not valid YAML ({first_line(e, limit=None)}); fix it") from None
         if not isinstance(values, dict):
             raise UserError(f"sweep file {path} must be a YAML mapping (recipe, set, trials, grid, seeds, ...)")
     unknown = set(values) - set(SweepSpec.__dataclass_fields__)
