@@ -253,10 +253,8 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _declare_train(sub) -> None:
+    """`budgetlora train`: fine-tune under the budget into a run directory."""
     p = sub.add_parser("train", help="fine-tune under the budget into a run directory")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run directory to create")
@@ -265,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_train)
 
+
+def _declare_params(sub) -> None:
+    """`budgetlora params`: exact trainable-parameter breakdown from a config (no weights)."""
     p = sub.add_parser("params", help="exact trainable-parameter breakdown from a config (no weights)")
     _add_config_args(p)
     _add_model(p)
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_cmd_params)
 
+
+def _declare_plan(sub) -> None:
+    """`budgetlora plan`: which head x targets x method x rank fit the budget (no weights); --fill: largest r."""
     p = sub.add_parser("plan", help="which head x targets x method x rank fit the budget (no weights); --fill: largest r")
     _add_config_args(p)
     _add_model(p)
@@ -284,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=_cmd_plan)
 
+
+def _declare_evaluate(sub) -> None:
+    """`budgetlora evaluate`: metrics of a finished run on a labelled file."""
     p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
@@ -294,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _declare_predict(sub) -> None:
+    """`budgetlora predict`: write ID,Label predictions for a file."""
     p = sub.add_parser("predict", help="write ID,Label predictions for a file")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="file or hub dataset (id:split); labels not needed")
@@ -305,11 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_predict)
 
+
+def _declare_quickstart(sub) -> None:
+    """`budgetlora quickstart`: offline demo: real MiniLM on bundled AG News, train/evaluate/predict."""
     p = sub.add_parser("quickstart", help="offline demo: real MiniLM on bundled AG News, train/evaluate/predict")
     p.add_argument("--out", default="budgetlora-quickstart", help="folder for the run and predictions")
     _add_overwrite(p, "--out folder")
     p.set_defaults(func=_cmd_quickstart)
 
+
+def _declare_sweep(sub) -> None:
+    """`budgetlora sweep`: several configs x seeds, one run each, one results table (resumable)."""
     p = sub.add_parser("sweep", help="several configs x seeds, one run each, one results table (resumable)")
     p.add_argument("spec", nargs="?", help="sweep YAML (recipe, set, trials, grid, seeds, metric, search, ...)")
     p.add_argument("--out", required=True, help="sweep folder (rerun the same sweep to continue it)")
@@ -323,10 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///study.db) shared by several machines")
     p.set_defaults(func=_cmd_sweep)
 
+
+def _declare_report(sub) -> None:
+    """`budgetlora report`: write report.md and a self-contained report.html (plots) for a run."""
     p = sub.add_parser("report", help="write report.md and a self-contained report.html (plots) for a run")
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_report)
 
+
+def _declare_compare(sub) -> None:
+    """`budgetlora compare`: finished runs side by side: table (CSV, Markdown) and accuracy-vs-cost plot."""
     p = sub.add_parser("compare", help="finished runs side by side: table (CSV, Markdown) and accuracy-vs-cost plot")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--sort", metavar="METRIC",
@@ -335,9 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="budgetlora-compare", help="folder for compare.csv/.md/.png (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)
 
+
+def _declare_recipes(sub) -> None:
+    """`budgetlora recipes`: list the bundled recipes."""
     p = sub.add_parser("recipes", help="list the bundled recipes")
     p.set_defaults(func=_cmd_recipes)
 
+
+def _declare_data(sub) -> None:
+    """`budgetlora data`: look at a data file."""
     data_sub = sub.add_parser("data", help="look at a data file").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)
     p = data_sub.add_parser("inspect", help="class balance, token lengths, before/after cleaning examples")
@@ -349,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_data_inspect)
 
+
+def _declare_augment(sub) -> None:
+    """`budgetlora augment`: write augmented training rows (synonyms, generation)."""
     aug_sub = sub.add_parser("augment", help="write augmented training rows (synonyms, generation)").add_subparsers(
         dest="augment_command", required=True, parser_class=_Parser)
     p = aug_sub.add_parser("synonyms", help="WordNet synonym copies of every row, to a CSV for data.extra_train")
@@ -386,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p, "--out file")
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_augment_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its flags; each command is declared by its own `_declare_*` function."""
+    parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
+        declare(sub)
     return parser
 
 
