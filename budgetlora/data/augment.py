@@ -314,6 +314,47 @@ class ConfidenceFilter:
         return (probs.argmax(axis=1) == k) & (probs[:, k] >= self.min_confidence)
 
 
+def _in_domain_lm(model: str, in_domain: list[str], source: str | None, *, steps: int, batch_size: int, lr: float, max_length: int,
+                  seed: int, save_model, log):
+    """The causal LM, fine-tuned on `in_domain` texts when there are any (saved to `save_model`), in eval mode."""
+    lm, tokenizer = load_causal_lm(model)
+    lm.to("cuda" if torch.cuda.is_available() else "cpu")
+    if in_domain:
+        log(f"fine-tuning {model} on {len(in_domain)} texts of {source} for {steps} steps")
+        finetune_lm(lm, tokenizer, in_domain, steps=steps, batch_size=batch_size, lr=lr, max_length=max_length,
+                    seed=seed, log=log)
+        if save_model:
+            with files.staged_dir(save_model) as staging:  # the folder appears complete or not at all
+                lm.save_pretrained(str(staging))
+                tokenizer.save_pretrained(str(staging))
+    return lm.eval(), tokenizer
+
+
+def _class_rows(lm, tokenizer, name: str, prompts: list[str], lengths: np.ndarray, per_class: int, rng, *,
+                seen: set, judge, dropped: dict, max_rounds: int, sampling: dict) -> list[str]:
+    """Up to `per_class` new rows of class `name`, in rounds: generated, deduplicated against `seen`
+    (training rows and rows kept so far), filtered by the classifier `judge` when there is one."""
+    kept: list[str] = []
+    for _ in range(max_rounds):
+        need = per_class - len(kept)
+        if need <= 0:
+            break
+        fresh = []
+        for text in generate_for_class(lm, tokenizer, prompts, lengths, math.ceil(need * 1.25) + 1, rng, **sampling):
+            key = _normal(text)
+            if not key or key in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+            fresh.append(text)
+        if judge is not None and fresh:
+            keep = judge.keep(fresh, name)
+            dropped["confidence"] += int((~keep).sum())
+            fresh = [t for t, ok in zip(fresh, keep) if ok]
+        kept += fresh[:need]
+    return kept
+
+
 def generate_file(
     train: str,
     unlabelled: str | None,
@@ -350,18 +391,10 @@ def generate_file(
     labels = encode_labels(table, label_names)
     class_prompts = load_prompts(prompts, label_names, table.texts, labels, seed)
 
-    lm, tokenizer = load_causal_lm(model)
-    lm.to("cuda" if torch.cuda.is_available() else "cpu")
-    if unlabelled and steps > 0:
-        in_domain = read_table(unlabelled, data_cfg, split="test", need_labels=False, trust_pickle=trust_pickle).texts
-        log(f"fine-tuning {model} on {len(in_domain)} texts of {unlabelled} for {steps} steps")
-        finetune_lm(lm, tokenizer, in_domain, steps=steps, batch_size=batch_size, lr=lr, max_length=max_length,
-                    seed=seed, log=log)
-        if save_model:
-            with files.staged_dir(save_model) as staging:  # the folder appears complete or not at all
-                lm.save_pretrained(str(staging))
-                tokenizer.save_pretrained(str(staging))
-    lm.eval()
+    in_domain = (read_table(unlabelled, data_cfg, split="test", need_labels=False, trust_pickle=trust_pickle).texts
+                 if unlabelled and steps > 0 else [])
+    lm, tokenizer = _in_domain_lm(model, in_domain, unlabelled, steps=steps, batch_size=batch_size, lr=lr, max_length=max_length,
+                                  seed=seed, save_model=save_model, log=log)
     judge = ConfidenceFilter(classifier, min_confidence) if classifier else None
     if judge is not None and set(class_prompts) - set(judge.label_names):
         raise UserError(f"classifier {classifier} has classes {', '.join(judge.label_names)}, not "
@@ -372,33 +405,14 @@ def generate_file(
     seen = {_normal(t) for t in table.texts}  # no copy of a training row, no row twice
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     rows, dropped = [], {"duplicate": 0, "confidence": 0}
     for k, name in enumerate(label_names):
         if name not in class_prompts:
             continue
         class_lengths = lengths[labels == k] if (labels == k).any() else lengths
-        kept: list[str] = []
-        for _ in range(max_rounds):
-            need = per_class - len(kept)
-            if need <= 0:
-                break
-            candidates = generate_for_class(
-                lm, tokenizer, class_prompts[name], class_lengths, math.ceil(need * 1.25) + 1, rng,
-                temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-            )
-            fresh = []
-            for text in candidates:
-                key = _normal(text)
-                if not key or key in seen:
-                    dropped["duplicate"] += 1
-                    continue
-                seen.add(key)
-                fresh.append(text)
-            if judge is not None and fresh:
-                keep = judge.keep(fresh, name)
-                dropped["confidence"] += int((~keep).sum())
-                fresh = [t for t, ok in zip(fresh, keep) if ok]
-            kept += fresh[:need]
+        kept = _class_rows(lm, tokenizer, name, class_prompts[name], class_lengths, per_class, rng,
+                           seen=seen, judge=judge, dropped=dropped, max_rounds=max_rounds, sampling=sampling)
         if len(kept) < per_class:
             log(f"class {name}: only {len(kept)} of {per_class} rows after {max_rounds} rounds")
         rows += [(t, name) for t in kept]
