@@ -224,6 +224,14 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _planned_by_default() -> str:
+    """`plan --methods`'s default, read off the method registry: "all but qlora"."""
+    from .adapters.registry import method_names
+
+    left_out = method_names(planned=False)
+    return f"all but {', '.join(left_out)}" if left_out else "all"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -250,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, default=4, help="classes, unless data.label_names is set (default 4)")
     p.add_argument("--fill", action="store_true",
                    help="print the config (recipe + --set) with the largest adapter.r that fits, as YAML")
-    p.add_argument("--methods", help="comma-separated adapter methods to plan (default: all but qlora)")
+    p.add_argument("--methods", help=f"comma-separated adapter methods to plan (default: {_planned_by_default()})")
     p.add_argument("--limit", type=int, default=40, help="table rows to show (0: all; --json lists all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_plan)
