@@ -253,6 +253,14 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _planned_by_default() -> str:
+    """`plan --methods`'s default, read off the method registry: "all but qlora"."""
+    from .adapters.registry import method_names
+
+    left_out = method_names(planned=False)
+    return f"all but {', '.join(left_out)}" if left_out else "all"
+
+
 def _declare_train(sub) -> None:
     """`budgetlora train`: fine-tune under the budget into a run directory."""
     p = sub.add_parser("train", help="fine-tune under the budget into a run directory")
@@ -283,7 +291,7 @@ def _declare_plan(sub) -> None:
     _add_num_labels(p)
     p.add_argument("--fill", action="store_true",
                    help="print the config (recipe + --set) with the largest adapter.r that fits, as YAML")
-    p.add_argument("--methods", help="comma-separated adapter methods to plan (default: all but qlora)")
+    p.add_argument("--methods", help=f"comma-separated adapter methods to plan (default: {_planned_by_default()})")
     p.add_argument("--limit", type=int, default=40, help="table rows to show (0: all; --json lists all)")
     _add_json(p)
     p.set_defaults(func=_cmd_plan)

@@ -2,8 +2,9 @@
 
 A recipe is a YAML file with up to seven sections (model, data, adapter, head, train, budget,
 distill); whatever it leaves out takes the dataclass default below. Every key and value is checked here,
-before any model or data is touched, and a wrong one raises a UserError that names the key and
-what is allowed.
+before any model or data is touched (an adapter method's own rules by its entry in
+budgetlora/adapters/registry.py), and a wrong one raises a UserError that names the key and what
+is allowed.
 
 The dataclass defaults ARE the `default` recipe (there is no default.yaml): roberta-base + LoRA
 r=6, alpha 12, dropout 0 on every Linear of the encoder (q,k,v,o and the feed-forward layers)
@@ -25,12 +26,10 @@ from typing import Any, Union
 
 import yaml
 
+from .adapters.registry import METHODS, method_spec
 from .errors import UserError, first_line
 
 TARGET_ROLES = ("attention", "attention_all", "ffn", "all_linear")
-# adapter.method: every one is a PEFT tuner, see budgetlora/adapters/methods.py and the README
-ADAPTER_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
-                   "bitfit", "layernorm")
 
 
 def _choice(*allowed: str) -> dict:
@@ -70,7 +69,8 @@ class DataConfig:
 
 @dataclass
 class AdapterConfig:
-    method: str = field(default="lora", metadata=_choice(*ADAPTER_METHODS))
+    # a registered method (budgetlora/adapters/registry.py): the choices are read when a config is checked
+    method: str = field(default="lora", metadata={"choices": METHODS})
     r: int = field(default=6, metadata={"min": 1})
     alpha: float = field(default=12.0, metadata={"min_exclusive": 0})
     dropout: float = field(default=0.0, metadata={"min": 0, "max": 0.99})
@@ -307,30 +307,18 @@ def _check_whole(cfg: Config) -> Config:
     return cfg
 
 
-RANK_FREE_METHODS = ("ia3", "bitfit", "layernorm")  # no adapter.r
-PATTERN_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "loha", "lokr")  # rank_/alpha_pattern
-BIAS_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "qlora", "adalora", "vera")  # adapter.bias
-
-
 def _check_adapter(a: AdapterConfig) -> None:
-    """Adapter rules across fields: layer selection, patterns and bias only where the method has them."""
+    """Adapter rules across fields: layer selection, pattern values, and what the method itself reads
+    and allows (its registry entry's `check`)."""
     if a.layers is not None and a.top_layers is not None:
         raise UserError("adapter.layers and adapter.top_layers both set; give one of them")
     if a.layers is not None and not a.layers:
         raise UserError("adapter.layers: empty; give layer indices such as [10, 11], or leave it unset for all layers")
+    method_spec(a.method).check(a)
     for name in ("rank_pattern", "alpha_pattern"):
         pattern = getattr(a, name)
-        if pattern and a.method not in PATTERN_METHODS:
-            raise UserError(f"adapter.{name} is not supported by adapter.method={a.method}; "
-                            f"use one of {', '.join(PATTERN_METHODS)} or drop it")
         if pattern and any(v <= 0 for v in pattern.values()):
             raise UserError(f"adapter.{name}: every value must be > 0, got {pattern}")
-    if a.bias != "none" and a.method not in BIAS_METHODS:
-        raise UserError(f"adapter.bias={a.bias} is not supported by adapter.method={a.method}; "
-                        f"set adapter.bias=none or use one of {', '.join(BIAS_METHODS)}")
-    if a.layernorm_bias and a.method != "bitfit":
-        raise UserError(f"adapter.layernorm_bias=true is a bitfit setting, not supported by adapter.method={a.method}; "
-                        f"use adapter.method=bitfit, or adapter.method=layernorm for whole LayerNorms")
     for name in ("tinit", "tfinal"):
         value = getattr(a, name)
         if value >= 1 and not float(value).is_integer():

@@ -11,7 +11,7 @@ from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.errors import UserError
 from budgetlora.adapters.model import build_model, load_run, prepare_head, save_adapter
-from budgetlora.adapters.planner import DEFAULT_METHODS, config_cost, fill, plan
+from budgetlora.adapters.planner import config_cost, fill, plan, planned_methods
 
 from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
@@ -250,7 +250,7 @@ def test_plan_entries_of_every_method_agree_with_built_models(methods_plan, meth
 
 
 def test_plan_covers_every_method_and_layer_choice(methods_plan):
-    assert {e.method for e in methods_plan.entries} == set(DEFAULT_METHODS)
+    assert {e.method for e in methods_plan.entries} == set(planned_methods())
     assert {e.top_layers for e in methods_plan.entries} == {None, 6, 3}
     assert [e for e in methods_plan.entries if e.method == "ia3"][0].r is None  # rank-free
     best = methods_plan.entries[methods_plan.recommended]

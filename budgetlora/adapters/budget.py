@@ -87,7 +87,7 @@ def count(model, max_trainable: int | None = None) -> Breakdown:
     layernorm_copies = {id(p) for norm in layernorm_bias_copies(model) for p in norm.parameters()}
     for name, p in model.named_parameters():
         n = p.numel()
-        owner = next((t for t in _prefixes(name) if t in tuners), None)
+        owner = next((t for t in _prefixes(name) if t in tuners), None) if tuners else None
         in_adapter = owner is not None and not name.startswith(owner + ".base_layer.")
         if not p.requires_grad:
             if id(p) in layernorm_copies or (".modules_to_save." not in name and ".original_module." not in name

@@ -1,4 +1,5 @@
-"""Adapter methods: the PEFT config of each `adapter.method`, and the training hooks a method needs.
+"""The built-in adapter methods, each one entry of the registry (budgetlora/adapters/registry.py),
+and the calls that apply whatever method a model has: its PEFT model, training hooks and saving.
 
 Every method is one of PEFT's own tuners, put on the model by `get_peft_model`, so saving,
 reloading (`PeftModel.from_pretrained`) and merging are PEFT's. What is adapted is always the
@@ -32,8 +33,8 @@ output, and BeftConfig has no `bias` field, so the generic bias="all" handling o
 getattr(config, "bias", "none")) never applies to it; LNTuningConfig trains weight and bias of
 each LayerNorm and is another PEFT type (one PeftModel, one type). So those LayerNorms go into
 the config's `modules_to_save` (PEFT copies each into a ModulesToSaveWrapper, saves and reloads the
-copy: a plain `PeftModel.from_pretrained` rebuilds it with the same logits), and `finish` freezes
-the copy's weight, leaving only the bias trainable (PEFT's trainable count agrees). The weight is
+copy: a plain `PeftModel.from_pretrained` rebuilds it with the same logits), and its `after_build`
+freezes the copy's weight, leaving only the bias trainable (PEFT's trainable count agrees). The weight is
 saved unchanged beside the bias (hidden floats per LayerNorm). Caveat: PEFT itself marks whole
 modules_to_save trainable, so a run reloaded with `PeftModel.from_pretrained(..., is_trainable=True)`
 outside budgetlora would train those LayerNorm weights too.
@@ -58,118 +59,183 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..config import RANK_FREE_METHODS, AdapterConfig
 from ..errors import UserError
+from .registry import MethodSpec, Placement, method_spec, register_method
 
-LORA_FAMILY = ("lora", "rslora", "dora", "pissa", "olora", "qlora")
-CONVERTED_INIT = ("pissa", "olora")  # initialisation that rewrites the base weights
-RANK_FREE = RANK_FREE_METHODS
+if TYPE_CHECKING:
+    from ..config import AdapterConfig
+
 PLACEHOLDER_STEPS = 1000  # AdaLoRA's total_step when a model is built only to be counted or reloaded
+QLORA_SKIP = ("classifier", "score", "pooler")  # the head: trained (or saved) in full precision, never quantised
 
 
-def is_rank_free(method: str) -> bool:
-    return method in RANK_FREE
+# ---------------------------------------------------------------- applying a model's method
 
 
-def _steps(value: float, total: int) -> int:
-    return int(round(value * total)) if value < 1 else int(value)
+def peft_config(a: AdapterConfig, placement: Placement):
+    """The PEFT config of method `a.method` on `placement` (built by the method's registry entry)."""
+    return method_spec(a.method).build(a, placement)
 
 
-def adalora_schedule(a: AdapterConfig, total_steps: int) -> tuple[int, int]:
-    """(tinit, tfinal) in steps; UserError when they leave no steps for rank allocation."""
-    tinit, tfinal = _steps(a.tinit, total_steps), _steps(a.tfinal, total_steps)
-    if tinit >= total_steps - tfinal:
-        raise UserError(
-            f"adalora: adapter.tinit={a.tinit} ({tinit} steps) and adapter.tfinal={a.tfinal} ({tfinal} steps) leave no "
-            f"steps for rank allocation in {total_steps} training steps; lower them or train longer"
-        )
-    return tinit, tfinal
+def peft_model(model, a: AdapterConfig, placement: Placement):
+    """get_peft_model with the PEFT config of `a.method`, tagged with the method (see `spec_of`)
+    and fixed by the method's `after_build`."""
+    from peft import get_peft_model
+
+    spec = method_spec(a.method)
+    wrapped = get_peft_model(model, spec.build(a, placement))
+    wrapped.budgetlora_method = spec.name
+    if spec.after_build is not None:
+        spec.after_build(wrapped)
+    return wrapped
 
 
-def peft_config(a: AdapterConfig, targets: list[str], *, feedforward=(), modules_to_save=(), seq_cls: bool = True,
-                meta: bool = False, total_steps: int | None = None, layernorms=()):
-    """The PEFT config of method `a.method` on the modules `targets` (full names).
-
-    layernorms: full names of the LayerNorms whose bias bitfit trains (adapter.layernorm_bias).
-
-    meta=True: the model is only counted; PiSSA/OLoRA then use the default LoRA initialisation
-    (same shapes, and an SVD of weights that do not exist is impossible).
-    """
-    import peft
-
-    common = dict(
-        task_type=peft.TaskType.SEQ_CLS if seq_cls else None,
-        target_modules=list(targets),
-        modules_to_save=list(modules_to_save),
-    )
-    m = a.method
-    if m in LORA_FAMILY:
-        init = a.method if m in CONVERTED_INIT and not meta else True
-        return peft.LoraConfig(
-            r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias, use_rslora=m == "rslora",
-            use_dora=m == "dora", init_lora_weights=init, rank_pattern=dict(a.rank_pattern or {}),
-            alpha_pattern=dict(a.alpha_pattern or {}), **common,
-        )
-    if m == "adalora":
-        target_r = a.target_r or max(1, a.r // 2)
-        if target_r > a.r:
-            raise UserError(f"adapter.target_r={target_r} is above adapter.r={a.r} (AdaLoRA's initial rank); lower target_r")
-        total = total_steps or PLACEHOLDER_STEPS
-        tinit, tfinal = adalora_schedule(a, total)
-        return peft.AdaLoraConfig(
-            init_r=a.r, target_r=target_r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias, tinit=tinit,
-            tfinal=tfinal, deltaT=a.delta_t, orth_reg_weight=a.orth_reg_weight, total_step=total, **common,
-        )
-    if m in ("loha", "lokr"):
-        cls = peft.LoHaConfig if m == "loha" else peft.LoKrConfig
-        return cls(r=a.r, alpha=a.alpha, rank_dropout=a.dropout, rank_pattern=dict(a.rank_pattern or {}),
-                   alpha_pattern=dict(a.alpha_pattern or {}), **common)
-    if m == "vera":
-        bias = {"lora_only": "vera_only"}.get(a.bias, a.bias)
-        return peft.VeraConfig(r=a.r, vera_dropout=a.dropout, bias=bias, save_projection=True, **common)
-    if m == "ia3":
-        return peft.IA3Config(feedforward_modules=[t for t in targets if t in set(feedforward)], **common)
-    if m == "bitfit":
-        if a.layernorm_bias:  # see the module docstring: copies with the weight frozen by `finish`
-            common["modules_to_save"] += [n for n in layernorms if n not in common["modules_to_save"]]
-        return peft.BeftConfig(**common)
-    if m == "layernorm":
-        return peft.LNTuningConfig(**common)
-    raise ValueError(f"unknown adapter method {m!r}")  # config validation makes this a bug, not user input
+def spec_of(model) -> MethodSpec | None:
+    """The registry entry of a model made by `peft_model`; None for a model made elsewhere
+    (it then gets PEFT's own behaviour: no training hooks, plain save_pretrained)."""
+    name = getattr(model, "budgetlora_method", None)
+    return None if name is None else method_spec(name)
 
 
-def finish(model) -> None:
-    """Fixes after get_peft_model: PEFT 0.21 leaves AdaLoRA's `ranknum` (the constant r it divides
-    the update by, never saved) trainable; trained, it would change the scaling and break reloads.
-    BitFit's LayerNorm copies (adapter.layernorm_bias) keep only their bias trainable."""
-    for name, p in model.named_parameters():
-        if ".ranknum." in name:
-            p.requires_grad_(False)
-    for norm in layernorm_bias_copies(model):
-        if norm.weight is not None:
-            norm.weight.requires_grad_(False)
+def _hook(model, name: str) -> Callable | None:
+    spec = spec_of(model)
+    return None if spec is None else getattr(spec, name)
+
+
+def save_pretrained(model, folder: Path) -> None:
+    """PEFT's save_pretrained, or the method's own `save` where reloading needs more (PiSSA/OLoRA:
+    converted to a plain LoRA; AdaLoRA: the ranks its masks leave now)."""
+    save = _hook(model, "save")
+    if save is None:
+        model.save_pretrained(str(folder))
+    else:
+        save(model, folder)
+
+
+def extra_loss(model):
+    """The method's term added to the training loss (AdaLoRA's orthogonal regularisation); None otherwise."""
+    hook = _hook(model, "extra_loss")
+    return None if hook is None else hook(model)
+
+
+def after_step(model, step: int) -> None:
+    """After optimizer.step(), before zero_grad: the method's work for 0-based `step` (AdaLoRA's rank allocation)."""
+    hook = _hook(model, "after_step")
+    if hook is not None:
+        hook(model, step)
+
+
+def trainer_state(model) -> dict | None:
+    """What a resumed run needs besides the weights (AdaLoRA's importance scores and ranks); None if nothing."""
+    hook = _hook(model, "trainer_state")
+    return None if hook is None else hook(model)
+
+
+def load_trainer_state(model, state: dict | None) -> None:
+    """Put back what `trainer_state` returned (a checkpoint's "method" entry)."""
+    hook = _hook(model, "load_trainer_state")
+    if state and hook is not None:
+        hook(model, state)
 
 
 def layernorm_bias_copies(model) -> list:
-    """The LayerNorm copies whose bias BitFit trains (adapter.layernorm_bias): PEFT's
-    modules_to_save copies of a LayerNorm under a BEFT config; [] for every other model."""
-    from peft import PeftType
+    """The LayerNorm copies whose bias BitFit trains (adapter.layernorm_bias): PEFT's modules_to_save
+    copies of a LayerNorm under a method that trains LayerNorm biases; [] for every other model."""
     from peft.utils.other import ModulesToSaveWrapper
 
-    config = getattr(model, "peft_config", {}).get("default")
-    if config is None or config.peft_type != PeftType.BEFT:
+    spec = spec_of(model)
+    if spec is None or not spec.layernorm_bias:
         return []
     return [norm for m in model.modules() if isinstance(m, ModulesToSaveWrapper)
             and isinstance(m.original_module, torch.nn.LayerNorm) for norm in m.modules_to_save.values()]
 
 
+# ---------------------------------------------------------------- PEFT config builders
+
+
+def _patterns(a: AdapterConfig) -> dict:
+    return dict(rank_pattern=dict(a.rank_pattern or {}), alpha_pattern=dict(a.alpha_pattern or {}))
+
+
+def lora_builder(init: str | bool = True, **flags) -> Callable:
+    """A LoraConfig builder: `flags` such as use_rslora=True or use_dora=True; `init`: PEFT's
+    init_lora_weights. An SVD/QR initialisation ("pissa", "olora") needs the weights, so a meta
+    model (only counted) takes the default one: the shapes are the same."""
+    def build(a: AdapterConfig, placement: Placement):
+        import peft
+
+        return peft.LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
+                               init_lora_weights=True if placement.meta else init, **flags, **_patterns(a),
+                               **placement.common())
+    return build
+
+
+def _lycoris_builder(config_class: str) -> Callable:
+    """A LoHaConfig / LoKrConfig builder (adapter.dropout is their rank dropout)."""
+    def build(a: AdapterConfig, placement: Placement):
+        import peft
+
+        return getattr(peft, config_class)(r=a.r, alpha=a.alpha, rank_dropout=a.dropout, **_patterns(a),
+                                           **placement.common())
+    return build
+
+
+def _adalora_config(a: AdapterConfig, placement: Placement):
+    import peft
+
+    total = placement.total_steps or PLACEHOLDER_STEPS
+    tinit, tfinal = adalora_schedule(a, total)
+    return peft.AdaLoraConfig(
+        init_r=a.r, target_r=a.target_r or max(1, a.r // 2), lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
+        tinit=tinit, tfinal=tfinal, deltaT=a.delta_t, orth_reg_weight=a.orth_reg_weight, total_step=total,
+        **placement.common(),
+    )
+
+
+def _vera_config(a: AdapterConfig, placement: Placement):
+    import peft
+
+    bias = {"lora_only": "vera_only"}.get(a.bias, a.bias)
+    return peft.VeraConfig(r=a.r, vera_dropout=a.dropout, bias=bias, save_projection=True, **placement.common())
+
+
+def _ia3_config(a: AdapterConfig, placement: Placement):
+    import peft
+
+    feedforward = set(placement.feedforward)
+    return peft.IA3Config(feedforward_modules=[t for t in placement.targets if t in feedforward], **placement.common())
+
+
+def _bitfit_config(a: AdapterConfig, placement: Placement):
+    import peft
+
+    common = placement.common()
+    if a.layernorm_bias:  # see the module docstring: copies with the weight frozen by `_freeze_layernorm_weights`
+        common["modules_to_save"] += [n for n in placement.layernorms if n not in common["modules_to_save"]]
+    return peft.BeftConfig(**common)
+
+
+def _layernorm_config(a: AdapterConfig, placement: Placement):
+    import peft
+
+    return peft.LNTuningConfig(**placement.common())
+
+
+def _freeze_layernorm_weights(model) -> None:
+    """BitFit's LayerNorm copies (adapter.layernorm_bias) keep only their bias trainable."""
+    for norm in layernorm_bias_copies(model):
+        if norm.weight is not None:
+            norm.weight.requires_grad_(False)
+
+
 # ---------------------------------------------------------------- QLoRA
 
 
-def qlora_quantization(skip_modules: list[str]):
+def qlora_quantization():
     """transformers' BitsAndBytesConfig for a 4-bit NF4 base; UserError naming what is missing."""
     missing = []
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -182,9 +248,8 @@ def qlora_quantization(skip_modules: list[str]):
     from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # the head is trained (or saved) in full precision: never quantised
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(skip_modules))
+                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(QLORA_SKIP))
 
 
 # ---------------------------------------------------------------- PiSSA / OLoRA: save as plain LoRA
@@ -198,34 +263,13 @@ def keep_initial_adapter(model) -> None:
     model.budgetlora_initial_adapter = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
-def save_pretrained(model, folder: Path) -> None:
-    """PEFT's save_pretrained, plus what two methods need to reload to the same logits:
-
-    PiSSA/OLoRA are converted to a plain LoRA on the original base (see `save_converted`);
-    AdaLoRA saves the ranks its masks leave *now* (read off lora_E), not the ranks of its last
-    allocation, which differ when the saved weights are an earlier (best) checkpoint.
-    """
-    if save_converted(model, folder):
-        return
-    if not _adalora(model):
-        model.save_pretrained(str(folder))
-        return
-    config = model.peft_config["default"]
-    allocated = config.rank_pattern
-    if allocated is not None:  # before the first allocation nothing is pruned: saved at full rank
-        config.rank_pattern = {n: (p != 0).view(-1).tolist() for n, p in model.base_model.model.named_parameters()
-                               if ".lora_E." in n}
-    try:
-        model.save_pretrained(str(folder))
-    finally:
-        config.rank_pattern = allocated
-
-
-def save_converted(model, folder: Path) -> bool:
-    """Save a PiSSA/OLoRA model as the equivalent plain LoRA on the original base; False if not one."""
+def save_converted(model, folder: Path) -> None:
+    """Save a PiSSA/OLoRA model as the equivalent plain LoRA on the original base (a model
+    without its initial adapter, built on the meta device, is saved as it is)."""
     initial = getattr(model, "budgetlora_initial_adapter", None)
     if initial is None:
-        return False
+        model.save_pretrained(str(folder))
+        return
     import copy
 
     from safetensors.torch import save_file
@@ -247,23 +291,50 @@ def save_converted(model, folder: Path) -> bool:
         if "lora_A" not in key and "lora_B" not in key:
             tensors[key] = value.detach().to("cpu").contiguous().clone()
     save_file(tensors, str(path), metadata={"format": "pt"})
-    return True
 
 
-# ---------------------------------------------------------------- AdaLoRA: training hooks
+# ---------------------------------------------------------------- AdaLoRA
 
 
-def _adalora(model):
-    from peft import PeftType
-
-    config = getattr(model, "peft_config", {}).get("default")
-    return config is not None and config.peft_type == PeftType.ADALORA
+def _steps(value: float, total: int) -> int:
+    return int(round(value * total)) if value < 1 else int(value)
 
 
-def extra_loss(model):
-    """AdaLoRA's orthogonal regularisation of P (lora_A) and Q (lora_B), as PEFT computes it; None otherwise."""
-    if not _adalora(model):
-        return None
+def adalora_schedule(a: AdapterConfig, total_steps: int) -> tuple[int, int]:
+    """(tinit, tfinal) in steps; UserError when they leave no steps for rank allocation."""
+    tinit, tfinal = _steps(a.tinit, total_steps), _steps(a.tfinal, total_steps)
+    if tinit >= total_steps - tfinal:
+        raise UserError(
+            f"adalora: adapter.tinit={a.tinit} ({tinit} steps) and adapter.tfinal={a.tfinal} ({tfinal} steps) leave no "
+            f"steps for rank allocation in {total_steps} training steps; lower them or train longer"
+        )
+    return tinit, tfinal
+
+
+def _freeze_ranknum(model) -> None:
+    """PEFT 0.21 leaves AdaLoRA's `ranknum` (the constant r it divides the update by, never saved)
+    trainable; trained, it would change the scaling and break reloads."""
+    for name, p in model.named_parameters():
+        if ".ranknum." in name:
+            p.requires_grad_(False)
+
+
+def _save_adalora(model, folder: Path) -> None:
+    """Saved with the ranks its masks leave *now* (read off lora_E), not the ranks of its last
+    allocation, which differ when the saved weights are an earlier (best) checkpoint."""
+    config = model.peft_config["default"]
+    allocated = config.rank_pattern
+    if allocated is not None:  # before the first allocation nothing is pruned: saved at full rank
+        config.rank_pattern = {n: (p != 0).view(-1).tolist() for n, p in model.base_model.model.named_parameters()
+                               if ".lora_E." in n}
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        config.rank_pattern = allocated
+
+
+def _orthogonal_loss(model):
+    """AdaLoRA's orthogonal regularisation of P (lora_A) and Q (lora_B), as PEFT computes it."""
     terms = []
     for name, p in model.named_parameters():
         if ("lora_A" in name or "lora_B" in name) and p.requires_grad:
@@ -274,26 +345,47 @@ def extra_loss(model):
     return model.peft_config["default"].orth_reg_weight * torch.stack(terms).mean()
 
 
-def after_step(model, step: int) -> None:
-    """After optimizer.step(), before zero_grad: AdaLoRA's rank allocation for 0-based `step`."""
-    if _adalora(model):
-        model.base_model.update_and_allocate(step)
+def _allocate_ranks(model, step: int) -> None:
+    model.base_model.update_and_allocate(step)
 
 
-def trainer_state(model) -> dict | None:
-    """What a resumed run needs besides the weights (AdaLoRA's importance scores and ranks)."""
-    if not _adalora(model):
-        return None
+def _allocator_state(model) -> dict:
     allocator = model.base_model.rankallocator
     return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
             "rank_pattern": model.peft_config["default"].rank_pattern}
 
 
-def load_trainer_state(model, state: dict | None) -> None:
-    if not state or not _adalora(model):
-        return
+def _load_allocator_state(model, state: dict) -> None:
     allocator = model.base_model.rankallocator
     device = next(model.parameters()).device
     for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
         setattr(allocator, key, {n: t.to(device) for n, t in state[key].items()})
     model.peft_config["default"].rank_pattern = state["rank_pattern"]
+
+
+# ---------------------------------------------------------------- the built-in methods (see the table above)
+
+LORA_KEYS = dict(patterns=True, bias=True)  # what every LoraConfig method reads besides the rank
+
+register_method(MethodSpec("lora", build=lora_builder(), **LORA_KEYS))
+register_method(MethodSpec("rslora", build=lora_builder(use_rslora=True), **LORA_KEYS))
+register_method(MethodSpec("dora", build=lora_builder(use_dora=True), **LORA_KEYS))
+register_method(MethodSpec("pissa", build=lora_builder(init="pissa"), rewrites_base=True, save=save_converted,
+                           **LORA_KEYS))
+register_method(MethodSpec("olora", build=lora_builder(init="olora"), rewrites_base=True, save=save_converted,
+                           **LORA_KEYS))
+# requantising the 4-bit base would round, so it is never merged; planned as lora, which counts the same
+register_method(MethodSpec("qlora", build=lora_builder(), quantization=qlora_quantization, merges=False,
+                           planned=False, **LORA_KEYS))
+register_method(MethodSpec("loha", build=_lycoris_builder("LoHaConfig"), patterns=True))
+register_method(MethodSpec("lokr", build=_lycoris_builder("LoKrConfig"), patterns=True,
+                           affine=False))  # PEFT's Kronecker factorisation changes with r
+register_method(MethodSpec("adalora", build=_adalora_config, bias=True, at_most_r=("target_r",),
+                           after_build=_freeze_ranknum, save=_save_adalora, extra_loss=_orthogonal_loss,
+                           after_step=_allocate_ranks, trainer_state=_allocator_state,
+                           load_trainer_state=_load_allocator_state))
+register_method(MethodSpec("vera", build=_vera_config, bias=True))
+register_method(MethodSpec("ia3", build=_ia3_config, rank=False))
+register_method(MethodSpec("bitfit", build=_bitfit_config, rank=False, layernorm_bias=True,
+                           after_build=_freeze_layernorm_weights))
+register_method(MethodSpec("layernorm", build=_layernorm_config, rank=False, adapts="layernorm"))

@@ -47,10 +47,11 @@ from torch import nn
 from .. import files
 
 from . import methods
+from .registry import ADAPTS, MethodSpec, Placement, method_spec
 
 from .. import rundir
 from ..config import HEAD_TYPES, Config
-from ..errors import UserError, warn
+from ..errors import UserError, first_line, warn
 
 LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layer|layers|h|blocks|block)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
@@ -82,9 +83,8 @@ def quiet_transformers() -> None:
 
 
 def _model_error(name: str, err: Exception) -> UserError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return UserError(
-        f"cannot load model {name!r} ({first}); give a hub id that is reachable or a local folder with config.json (model.name)"
+        f"cannot load model {name!r} ({first_line(err)}); give a hub id that is reachable or a local folder with config.json (model.name)"
     )
 
 
@@ -252,12 +252,19 @@ def encoder_layernorms(model: nn.Module, layers=None, top_layers=None) -> list[s
     return sorted(select_layers(model, in_layers, layers, top_layers), key=_natural)
 
 
+def method_fits_head(spec: MethodSpec, head: "HeadSpec") -> bool:
+    """False when the head wants the adapter on its Linears (head.type=standard_lora) and the
+    method adapts no Linear (adapter.method=layernorm)."""
+    return spec.adapts == "linear" or not head.lora_targets
+
+
 def adapter_targets(model: nn.Module, a, head: "HeadSpec") -> tuple[list[str], set[str]]:
     """(full names of the modules the adapter goes on, those among them that are FFN Linears)."""
-    if a.method == "layernorm":
-        if head.lora_targets:
-            raise UserError("head.type=standard_lora puts the adapter on the head's Linear, and adapter.method=layernorm "
-                            "adapts LayerNorms only; use head.type=standard, linear or mean")
+    spec = method_spec(a.method)
+    if not method_fits_head(spec, head):
+        raise UserError(f"head.type={head.type} puts the adapter on the head's Linear, and adapter.method={a.method} "
+                        f"adapts {ADAPTS[spec.adapts]}s only; use head.type=standard, linear or mean")
+    if spec.adapts == "layernorm":
         return encoder_layernorms(model, a.layers, a.top_layers), set()
     encoder = select_layers(model, resolve_targets(model, a.targets), a.layers, a.top_layers)
     roles = encoder_linears(model)
@@ -414,21 +421,28 @@ def prepare_head(model: nn.Module, head_type: str = "standard") -> HeadSpec:
 # ---------------------------------------------------------------- building
 
 
-def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, meta: bool = False,
-                total_steps: int | None = None):
-    """The PEFT config of cfg.adapter.method for `model` (budgetlora/adapters/methods.py); `head` is what
-    `prepare_head` returned (default: the standard head)."""
+def placement(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, meta: bool = False,
+              total_steps: int | None = None) -> Placement:
+    """Where cfg.adapter goes on `model`: its targets, FFN Linears, head modules saved, LayerNorm
+    biases; `head` is what `prepare_head` returned (default: the standard head)."""
     if head is None:
         head = HeadSpec("standard", modules_to_save=head_modules(model))
     targets, ffn = adapter_targets(model, cfg.adapter, head)
-    return methods.peft_config(cfg.adapter, targets, feedforward=ffn, modules_to_save=head.modules_to_save,
-                               seq_cls=head.seq_cls, meta=meta, total_steps=total_steps,
-                               layernorms=bias_layernorms(model, cfg.adapter))
+    return Placement(targets=tuple(targets), feedforward=tuple(sorted(ffn)),
+                     modules_to_save=tuple(head.modules_to_save), layernorms=tuple(bias_layernorms(model, cfg.adapter)),
+                     seq_cls=head.seq_cls, meta=meta, total_steps=total_steps)
+
+
+def peft_config(cfg: Config, model: nn.Module, head: HeadSpec | None = None, *, meta: bool = False,
+                total_steps: int | None = None):
+    """The PEFT config of cfg.adapter.method for `model` (built by its registry entry); `head` is what
+    `prepare_head` returned (default: the standard head)."""
+    return methods.peft_config(cfg.adapter, placement(cfg, model, head, meta=meta, total_steps=total_steps))
 
 
 def bias_layernorms(model: nn.Module, a) -> list[str]:
-    """The LayerNorms whose bias bitfit trains under adapter.layernorm_bias (those that have one)."""
-    if a.method != "bitfit" or not a.layernorm_bias:
+    """The LayerNorms whose bias the method trains under adapter.layernorm_bias (those that have one)."""
+    if not (a.layernorm_bias and method_spec(a.method).layernorm_bias):
         return []
     return [n for n in encoder_layernorms(model, a.layers, a.top_layers) if model.get_submodule(n).bias is not None]
 
@@ -438,27 +452,24 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
 
     total_steps: the training length (AdaLoRA schedules its rank allocation over it).
     """
-    from peft import get_peft_model
-
-    method = cfg.adapter.method
+    spec = method_spec(cfg.adapter.method)
     torch.manual_seed(cfg.train.seed)  # the head's initial weights
-    quantization = None
-    if method == "qlora" and not meta:
-        quantization = methods.qlora_quantization(skip_modules=["classifier", "score", "pooler"])
+    quantization = spec.quantization() if spec.quantization is not None and not meta else None
     backbone = load_backbone(cfg.model.name, label_names, meta=meta, quantization=quantization)
     head = prepare_head(backbone, cfg.head.type)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    keeps_originals = spec.rewrites_base and not meta
     # PiSSA/OLoRA rewrite the base weights: keep the head's original ones for save_adapter
     original = {n: backbone.get_submodule(n).weight.detach().clone() for n in head.lora_targets} \
-        if method in methods.CONVERTED_INIT and not meta else {}
-    model = get_peft_model(backbone, peft_config(cfg, backbone, head, meta=meta, total_steps=total_steps))
-    methods.finish(model)
+        if keeps_originals else {}
+    model = methods.peft_model(backbone, cfg.adapter,
+                               placement(cfg, backbone, head, meta=meta, total_steps=total_steps))
     if original:
         model.budgetlora_head_base = original
-    if method in methods.CONVERTED_INIT and not meta:
+    if keeps_originals:
         methods.keep_initial_adapter(model)
     return model
 
@@ -498,7 +509,7 @@ def save_adapter(model, folder: Path, tokenizer=None) -> None:
     The folder is built beside `folder` and swapped in complete (files.staged_dir).
     """
     with files.staged_dir(folder) as staging:
-        methods.save_pretrained(model, staging)  # PEFT's (PiSSA/OLoRA converted to plain LoRA)
+        methods.save_pretrained(model, staging)  # PEFT's, or the method's own (PiSSA/OLoRA: plain LoRA)
         extra = head_lora_base_weights(model)
         if extra:
             from safetensors.torch import load_file, save_file
@@ -555,9 +566,9 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
     if model_name:
         cfg.model.name = model_name
     label_names = rundir.read_labels(run_dir)
-    quantization = None
-    if cfg.adapter.method == "qlora":  # the 4-bit base it was trained on; not merged (requantising rounds)
-        quantization, merge = methods.qlora_quantization(skip_modules=["classifier", "score", "pooler"]), False
+    spec = method_spec(cfg.adapter.method)
+    quantization = spec.quantization() if spec.quantization is not None else None  # the base it was trained on
+    merge = merge and spec.merges
     backbone = load_backbone(cfg.model.name, label_names, quantization=quantization)
     prepare_head(backbone, cfg.head.type)  # linear/mean: the pooling head plain PEFT cannot rebuild
     model = load_adapter(backbone, adapter)

@@ -5,18 +5,21 @@ A configuration's trainable count is
     trainable(r) = fixed + sum over adapted modules of cost(method, module, r)
 
 where `fixed` is the fully trained part of the head plus the biases that `adapter.bias` (or,
-for bitfit, `adapter.layernorm_bias`) makes trainable, and cost(...) is what PEFT itself adds to that one module: it is measured by putting
-the method's PEFT tuner on a lone meta-device copy of the module (no weights anywhere) and
-counting its trainable parameters. For every method but LoKr that cost is affine in r (LoRA:
-r * (in + out), DoRA: + out, VeRA: out + r, ...), so two measurements give it for every r; LoKr
-(whose factorisation changes with r) is measured at each r it is asked about. Rank-free methods
-(IA3, BitFit, LayerNorm) have one count. The largest rank that fits is found by bisection, up
-to min(in, out) of the adapted Linears (a higher rank adds parameters, not expressiveness).
-The tests check these figures against models actually built with PEFT (`budget.count`), and
-`fill` re-checks its answer the same way.
+for bitfit, `adapter.layernorm_bias`) makes trainable, counted by `budget.count` on the meta model
+with those parameters marked trainable as PEFT will mark them, and cost(...) is what PEFT itself
+adds to that one module: it is measured by putting the method's PEFT tuner on a lone meta-device
+copy of the module (no weights anywhere) and counting its trainable parameters. For most methods
+that cost is affine in r (LoRA: r * (in + out), DoRA: + out, VeRA: out + r, ...), so two
+measurements give it for every r; a method whose registry entry says otherwise (LoKr, whose
+factorisation changes with r) is measured at each r it is asked about. Rank-free methods (IA3,
+BitFit, LayerNorm) have one count. The largest rank that fits is found by bisection, up to
+min(in, out) of the adapted Linears (a higher rank adds parameters, not expressiveness). The
+tests check these figures against models actually built with PEFT (`budget.count`), and `fill`
+re-checks its answer the same way.
 
 Target sets: the four roles, each on all layers and on the top half and top quarter of the
-layers (adapter.top_layers); `layernorm` has one target set per layer choice (every LayerNorm).
+layers (adapter.top_layers); a method that adapts LayerNorms (`layernorm`) has one target set per
+layer choice (every LayerNorm). Methods: every registered one its registry entry marks `planned`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from . import methods
-from ..config import ADAPTER_METHODS, BIAS_METHODS, HEAD_TYPES, PATTERN_METHODS, TARGET_ROLES, AdapterConfig, Config
+from ..config import HEAD_TYPES, TARGET_ROLES, AdapterConfig, Config
 from ..errors import UserError
-from .model import HeadSpec, adapter_targets, bias_layernorms, head_modules, load_backbone, prepare_head
+from .budget import Breakdown, count
+from .model import (HeadSpec, adapter_targets, bias_layernorms, build_model, head_modules, load_backbone,
+                    method_fits_head, prepare_head)
+from .registry import MethodSpec, Placement, method_names, method_spec
 
 # The recommendation: among plain LoRA entries (the method with the most evidence behind it), the
 # widest target set (most adapted modules) that still allows this rank; among equals the higher
@@ -44,8 +50,6 @@ HEAD_REASON = {
     "mean": "the cheapest head, mean pooling",
     "standard": "the model's own head trained fully",
 }
-DEFAULT_METHODS = tuple(m for m in ADAPTER_METHODS if m != "qlora")  # qlora counts exactly as lora
-AFFINE = tuple(m for m in ADAPTER_METHODS if m != "lokr")  # cost(r) = a + b * r per module
 
 
 # ---------------------------------------------------------------- one module's cost, measured on PEFT
@@ -58,17 +62,14 @@ class _Lone(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _measured(a_key: tuple, kind: str, shape: tuple, feedforward: bool) -> int:
-    """Trainable parameters PEFT adds to one meta module of `kind` and `shape` under adapter settings `a_key`."""
+def _measured(spec: MethodSpec, r: int, alpha: float, kind: str, shape: tuple, feedforward: bool) -> int:
+    """Trainable parameters PEFT adds to one meta module of `kind` and `shape` under method `spec` at rank r."""
     import torch
-    from peft import get_peft_model
 
-    a = AdapterConfig(**dict(a_key))
     with torch.device("meta"):
         layer = nn.Linear(*shape) if kind == "linear" else nn.LayerNorm(shape[0])
-    config = methods.peft_config(a, ["layer"], feedforward=["layer"] if feedforward else [], seq_cls=False, meta=True)
-    model = get_peft_model(_Lone(layer), config)
-    methods.finish(model)
+    placement = Placement(targets=("layer",), feedforward=("layer",) if feedforward else (), seq_cls=False, meta=True)
+    model = methods.peft_model(_Lone(layer), AdapterConfig(method=spec.name, r=r, alpha=alpha), placement)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -79,13 +80,14 @@ def module_cost(method: str, module: nn.Module, r: int, feedforward: bool = Fals
     else:
         kind, shape = "layernorm", tuple(module.normalized_shape)
 
-    def at(rank: int) -> int:
-        a_key = (("method", method), ("r", rank), ("alpha", alpha), ("target_r", 1), ("tinit", 0), ("tfinal", 0))
-        return _measured(a_key, kind, shape, feedforward)
+    spec = method_spec(method)
 
-    if methods.is_rank_free(method):
+    def at(rank: int) -> int:
+        return _measured(spec, rank, alpha, kind, shape, feedforward)
+
+    if not spec.rank:
         return at(1)
-    if method in AFFINE:
+    if spec.affine:
         one, two = at(1), at(2)
         return one + (r - 1) * (two - one)
     return at(r)
@@ -107,7 +109,7 @@ class Cost:
 
     @property
     def rank_free(self) -> bool:
-        return methods.is_rank_free(self.method)
+        return not method_spec(self.method).rank
 
     def _adapter(self, r: int, head_only: bool = False) -> int:
         return sum(module_cost(self.method, m, fixed_r or r, ff)
@@ -221,48 +223,54 @@ def _under(name: str, prefixes) -> bool:
 
 def cost_of(model: nn.Module, head: HeadSpec, a: AdapterConfig) -> Cost:
     """Exact cost of adapter settings `a` (method, targets, layers, rank_pattern, bias) with `head`,
-    on a model already passed through prepare_head; the rank stays free."""
+    on a (meta) model already passed through prepare_head; the rank stays free."""
     from peft.utils.other import get_pattern_key
 
+    spec = method_spec(a.method)
     modules = dict(model.named_modules())
     targets, ffn = adapter_targets(model, a, head)
     heads = head_modules(model)
-    linear = a.method != "layernorm"
     for name in targets:
-        if linear and not isinstance(modules[name], nn.Linear):
+        if spec.adapts == "linear" and not isinstance(modules[name], nn.Linear):
             raise UserError(f"adapter target {name} is a {type(modules[name]).__name__}; the planner counts Linear layers only")
     pattern = a.rank_pattern or {}
     parts = [(modules[n], n in ffn, pattern.get(get_pattern_key(list(pattern), n)) if pattern else None, _under(n, heads))
              for n in targets]
-
-    saved = list(head.modules_to_save)
-    if head.seq_cls:  # PEFT's sequence-classification wrapper adds these (suffix match)
-        saved += [n for n in modules if n and n.split(".")[-1] in ("classifier", "score") and not _under(n, saved)]
-    head_fixed = sum(p.numel() for n, p in model.named_parameters() if _under(n, saved))
-    bias_enc = bias_head = 0
-    if a.bias != "none":
-        for n, p in model.named_parameters():
-            if _under(n, saved):
-                continue
-            owner = n.rsplit(".", 1)[0]
-            if (a.bias == "all" and "bias" in n) or (a.bias == "lora_only" and owner in targets and n.endswith(".bias")):
-                if _under(n, heads):
-                    bias_head += p.numel()
-                else:
-                    bias_enc += p.numel()
-    bias_enc += sum(modules[n].bias.numel() for n in bias_layernorms(model, a))  # bitfit + adapter.layernorm_bias
+    fixed = _fixed_part(model, modules, head, a, targets)
     caps = [min(m.in_features, m.out_features) for m, _, _, _ in parts if isinstance(m, nn.Linear)]
     return Cost(
         head=head.type,
-        targets="layernorm" if a.method == "layernorm" else a.targets,
+        targets=a.targets if spec.adapts == "linear" else spec.adapts,
         method=a.method,
         top_layers=a.top_layers,
         modules=sum(1 for *_, in_head in parts if not in_head),
-        fixed=head_fixed + bias_head + bias_enc,
-        head_fixed=head_fixed + bias_head,
-        rank_cap=None if methods.is_rank_free(a.method) else min(caps),
+        fixed=fixed.trainable,
+        head_fixed=fixed.head,
+        rank_cap=min(caps) if spec.rank else None,
         parts=parts,
     )
+
+
+def _fixed_part(model: nn.Module, modules: dict, head: HeadSpec, a: AdapterConfig, targets: list[str]) -> Breakdown:
+    """The rank-independent trainable parameters: the fully trained head and the biases that
+    adapter.bias or adapter.layernorm_bias train. The (meta) model's parameters are marked
+    trainable as PEFT will mark them, then counted by budget.count, so they fall into head and
+    biases as a built model's do. `modules`: model.named_modules() as a dict."""
+    saved = list(head.modules_to_save)
+    if head.seq_cls:  # PEFT's sequence-classification wrapper adds these (suffix match)
+        saved += [n for n in modules if n and n.split(".")[-1] in ("classifier", "score") and not _under(n, saved)]
+    layernorm_biases = {f"{n}.bias" for n in bias_layernorms(model, a)}
+    adapted = set(targets)
+    for name, p in model.named_parameters():
+        p.requires_grad_(_under(name, saved) or name in layernorm_biases or _bias_trained(name, a.bias, adapted))
+    return count(model)
+
+
+def _bias_trained(name: str, bias: str, adapted: set[str]) -> bool:
+    """PEFT's rule for adapter.bias: `all` trains every bias, `lora_only` those of the adapted modules."""
+    if bias == "all":
+        return "bias" in name
+    return bias == "lora_only" and name.endswith(".bias") and name.rsplit(".", 1)[0] in adapted
 
 
 def _prepared(base: nn.Module, head_type: str) -> tuple[nn.Module, HeadSpec]:
@@ -300,31 +308,29 @@ def plan(cfg: Config, label_names: list[str], budget: int | None = None, heads=H
         target_sets = list(TARGET_ROLES)
         if not isinstance(cfg.adapter.targets, str):  # explicit module names in the config: plan them too
             target_sets.append(cfg.adapter.targets)
-    method_names = list(DEFAULT_METHODS if method_names is None else method_names)
-    unknown = [m for m in method_names if m not in ADAPTER_METHODS]
-    if unknown:
-        raise UserError(f"unknown adapter method {unknown[0]!r}; choose from {', '.join(ADAPTER_METHODS)}")
+    method_names = planned_methods() if method_names is None else list(method_names)
+    specs = {m: method_spec(m) for m in method_names}  # an unknown name: UserError listing the registered ones
     base = load_backbone(cfg.model.name, label_names, meta=True)
     if layer_sets is None:
         layer_sets = layer_choices(base.config.num_hidden_layers)
     fits, unfit, skipped = [], [], {}
     for head_type in heads:
         try:
-            model, spec = _prepared(base, head_type)
+            model, head = _prepared(base, head_type)
         except UserError as e:
             skipped[f"head {head_type}"] = str(e)
             continue
-        for method in method_names:
-            if method == "layernorm" and spec.lora_targets:
-                skipped[f"head {head_type} + layernorm"] = "no adapter for the head's Linear; use another head"
+        for method, spec in specs.items():
+            if not method_fits_head(spec, head):
+                skipped[f"head {head_type} + {method}"] = "no adapter for the head's Linear; use another head"
                 continue
-            if cfg.adapter.bias != "none" and method not in BIAS_METHODS:
+            if cfg.adapter.bias != "none" and not spec.bias:
                 skipped[f"{method}"] = f"adapter.bias={cfg.adapter.bias} is not supported by this method"
                 continue
             for top in layer_sets:
-                for targets in (["layernorm"] if method == "layernorm" else target_sets):
+                for targets in (target_sets if spec.adapts == "linear" else [spec.adapts]):
                     a = _settings(cfg.adapter, method, targets, top)
-                    e = _entry(cost_of(model, spec, a), budget)
+                    e = _entry(cost_of(model, head, a), budget)
                     (fits if e.fits and e.r != 0 else unfit).append(e)
     order = {h: i for i, h in enumerate(HEAD_PREFERENCE)}
     by_method = {m: i for i, m in enumerate(method_names)}
@@ -335,14 +341,22 @@ def plan(cfg: Config, label_names: list[str], budget: int | None = None, heads=H
     return result
 
 
+def planned_methods() -> list[str]:
+    """The methods `plan` tries by default: every registered one its entry marks `planned`."""
+    return method_names(planned=True)
+
+
 def _settings(a: AdapterConfig, method: str, targets, top_layers) -> AdapterConfig:
+    """`a` for one planned entry: its method, targets and layers; the pattern and LayerNorm-bias
+    settings of the config only for methods that read them (the others are planned without)."""
+    spec = method_spec(method)
     out = copy.deepcopy(a)
     out.method, out.top_layers, out.layers = method, top_layers, None
-    if method != "layernorm":
+    if spec.adapts == "linear":
         out.targets = targets
-    if method not in PATTERN_METHODS:
+    if not spec.patterns:
         out.rank_pattern = out.alpha_pattern = None
-    if method != "bitfit":  # a bitfit setting: the other methods are planned without it
+    if not spec.layernorm_bias:
         out.layernorm_bias = False
     return out
 
@@ -375,11 +389,8 @@ def config_cost(cfg: Config, label_names: list[str]) -> Cost:
 
 def fill(cfg: Config, label_names: list[str], budget: int | None = None) -> tuple[Config, Cost]:
     """cfg with adapter.r set to the largest rank whose model fits the budget (checked on a built meta model)."""
-    from .budget import count
-    from .model import build_model
-
     budget = cfg.budget.max_trainable if budget is None else budget
-    if methods.is_rank_free(cfg.adapter.method):
+    if not method_spec(cfg.adapter.method).rank:
         raise UserError(f"adapter.method={cfg.adapter.method} has no rank to fill; `budgetlora params` gives its exact count")
     cost = config_cost(cfg, label_names)
     r = cost.max_rank(budget)
@@ -390,9 +401,7 @@ def fill(cfg: Config, label_names: list[str], budget: int | None = None) -> tupl
             f"(linear, mean, standard_lora), fewer targets or layers, or a larger budget"
         )
     filled = copy.deepcopy(cfg)
-    filled.adapter.r = r
-    if cfg.adapter.method == "adalora" and (cfg.adapter.target_r or 0) > r:
-        filled.adapter.target_r = r
+    method_spec(cfg.adapter.method).set_rank(filled.adapter, r)  # AdaLoRA: target_r lowered to r if above
     filled.budget.max_trainable = budget
     built = count(build_model(filled, label_names, meta=True)).trainable
     if built != cost.trainable(r):  # a bug in the planner's count, never user input
