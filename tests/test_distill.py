@@ -27,12 +27,12 @@ def test_distill_loss_matches_its_formula():
 
 
 def test_teacher_columns_follow_the_class_names():
-    from budgetlora.training.distill import _columns
+    from budgetlora.training.distill import teacher_columns
 
-    assert _columns(["b", "a", "c"], ["a", "b", "c"], "t") == [1, 0, 2]
-    assert _columns(["LABEL_0", "LABEL_1"], ["neg", "pos"], "t") == [0, 1]
+    assert teacher_columns(["b", "a", "c"], ["a", "b", "c"], "t") == [1, 0, 2]
+    assert teacher_columns(["LABEL_0", "LABEL_1"], ["neg", "pos"], "t") == [0, 1]
     with pytest.raises(UserError, match="same classes"):
-        _columns(["x", "y"], ["neg", "pos"], "t")
+        teacher_columns(["x", "y"], ["neg", "pos"], "t")
 
 
 def test_teacher_logits_of_a_run_are_cached(trained_run, synthetic_test_csv, monkeypatch):
@@ -51,7 +51,7 @@ def test_teacher_logits_of_a_run_are_cached(trained_run, synthetic_test_csv, mon
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran again instead of reading the cache")
 
-    monkeypatch.setattr(distill, "_load_teacher", no_teacher)
+    monkeypatch.setattr(distill, "load_teacher", no_teacher)
     again = distill.teacher_logits(str(run_dir), texts, names, log=lambda m: None)
     np.testing.assert_array_equal(first, again)
     with pytest.raises(AssertionError):  # other texts are another cache entry

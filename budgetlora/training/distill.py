@@ -49,7 +49,7 @@ def teacher_identity(teacher: str) -> str:
     return h.hexdigest()
 
 
-def _load_teacher(teacher: str, max_length: int):
+def load_teacher(teacher: str, max_length: int):
     """(model, tokenizer, cleaner, max_length, class names) of a run or a classifier folder / hub id."""
     from ..data.clean import Cleaner
     from ..adapters.model import load_run
@@ -73,7 +73,7 @@ def _load_teacher(teacher: str, max_length: int):
     return model, tokenizer, Cleaner(), max_length, names
 
 
-def _columns(teacher_names: list[str], label_names: list[str], teacher: str) -> list[int]:
+def teacher_columns(teacher_names: list[str], label_names: list[str], teacher: str) -> list[int]:
     """Teacher column for each student class."""
     if sorted(teacher_names) == sorted(label_names):
         return [teacher_names.index(name) for name in label_names]
@@ -99,8 +99,8 @@ def teacher_logits(teacher: str, texts: list[str], label_names: list[str], *, ma
     cached = _read_cached_logits(path, len(texts), log)
     if cached is not None:
         return cached
-    model, tokenizer, cleaner, teacher_length, teacher_names = _load_teacher(teacher, max_length)
-    columns = _columns(teacher_names, label_names, teacher)
+    model, tokenizer, cleaner, teacher_length, teacher_names = load_teacher(teacher, max_length)
+    columns = teacher_columns(teacher_names, label_names, teacher)
     log(f"computing teacher logits ({teacher}) for {len(texts)} training rows")
     ids = tokenize(cleaner.apply(texts), tokenizer, teacher_length)
     logits = compute_logits(model, ids, batch_size, pad_id_of(tokenizer))[:, columns]
