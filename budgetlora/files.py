@@ -315,12 +315,12 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            owner = owner_pid(self.folder)
+            owner = owner_pid(self.folder, wait=2.0)
             who = f"process {owner}" if owner and owner > 0 else "another process"
             raise UserError(f"{self.what} {self.folder} is in use by {who}; wait for it to finish, "
                             f"stop it, or choose another --out") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -336,22 +336,44 @@ class FolderLock:
         self.release()
 
 
-def owner_pid(folder: Path | str) -> int | None:
-    """The pid of the live process that owns `folder`, or None if no one does."""
+def owner_pid(folder: Path | str, wait: float = 0.0) -> int | None:
+    """The pid of the live process that owns `folder`, or None if no one does (-1: locked by a
+    process whose pid cannot be read).
+
+    The owner writes its pid just after taking the lock, so for a moment the file is empty or
+    still names a dead earlier owner; `wait` seconds are spent waiting for a live pid to appear.
+    """
     import fcntl
+    import time
 
     path = lock_path(Path(folder))
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 32).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                pid = int(text) if text.isdigit() else -1
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+        finally:
+            os.close(fd)
+        if (pid > 0 and _alive(pid)) or time.monotonic() >= deadline:
+            return pid if pid > 0 and _alive(pid) else -1
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True

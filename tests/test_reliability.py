@@ -145,6 +145,35 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_model_dir, synthetic_
     assert train(tiny_config(tiny_model_dir, synthetic_csv), out, log=quiet)["steps"] > 0
 
 
+def test_a_second_writer_names_an_owner_that_has_locked_but_not_yet_written_its_pid(tmp_path):
+    """The window between the owner's flock and its pid write (seen in CI: "in use by another
+    process"): the second writer waits for the pid instead of reporting no one."""
+    from budgetlora import files
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        from budgetlora.files import lock_path
+        path = lock_path(__import__("pathlib").Path({str(folder)!r}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, b"999999999\\n")  # a stale pid left by a dead owner
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{{os.getpid()}}\\n".encode(), 0)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"in use by process {holder.pid};"):
+            files.FolderLock(folder).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_sweep_into_one_folder_is_refused(tmp_path):
     from budgetlora import files
     from budgetlora.training.sweep import load_spec, run_sweep
