@@ -1,0 +1,46 @@
+"""deploy.predictor: a run folder loads behind the Predictor face with the logits of budgetlora's
+own evaluation, and bad paths / backends are one clear line."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from budgetlora.adapters.model import load_run
+from budgetlora.deploy.predictor import TextTooLong, load_predictor
+from budgetlora.errors import UserError
+from budgetlora.evaluation.metrics import table_logits
+
+
+def test_a_run_loads_as_a_torch_predictor_with_the_runs_own_logits(trained_run, synthetic_test_csv):
+    from budgetlora.data import read_table
+
+    run_dir, _ = trained_run
+    predictor = load_predictor(run_dir)
+    assert predictor.backend == "torch"
+    model, tokenizer, cfg, label_names = load_run(run_dir)
+    assert predictor.label_names == label_names
+    texts = pd.read_csv(synthetic_test_csv)["text"].tolist()
+    expected = table_logits(model, tokenizer, cfg, read_table(str(synthetic_test_csv), cfg.data, split="test"))
+    got = predictor.predict(texts, batch_size=7)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    info = predictor.describe()
+    assert info["labels"] == label_names and info["trainable"] > 0 and info["max_length"] == cfg.model.max_length
+
+
+def test_encode_caps_length_or_names_the_long_input(trained_run):
+    predictor = load_predictor(trained_run[0])
+    long_text = "word " * (predictor.max_length * 2)
+    assert len(predictor.encode([long_text])[0]) == predictor.max_length
+    with pytest.raises(TextTooLong, match="input 1 has"):
+        predictor.encode(["short", long_text], truncate=False)
+
+
+def test_bad_paths_and_backends_are_one_line(trained_run, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_predictor(tmp_path / "nope")
+    with pytest.raises(UserError, match="neither a budgetlora run nor an export"):
+        load_predictor(tmp_path)
+    with pytest.raises(UserError, match="budgetlora export .* --format onnx"):
+        load_predictor(trained_run[0], backend="onnx")
+    with pytest.raises(UserError, match="backend 'tpu' is not known"):
+        load_predictor(trained_run[0], backend="tpu")
