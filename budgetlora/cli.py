@@ -157,6 +157,14 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .deploy.export import export_run
+
+    formats = [f.strip() for group in (args.format or ["hf"]) for f in group.split(",") if f.strip()]
+    export_run(args.run_dir, args.out, formats, overwrite=args.overwrite)
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from .quickstart import quickstart
 
@@ -324,6 +332,17 @@ def _declare_predict(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _declare_export(sub) -> None:
+    """`budgetlora export`: a finished run as merged transformers weights, ONNX, int8 ONNX."""
+    p = sub.add_parser("export", help="export a finished run: merged transformers model (hf), onnx, onnx-int8")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="folder to write (config.json, weights, onnx/)")
+    p.add_argument("--format", action="append", metavar="FORMAT",
+                   help="hf, onnx or onnx-int8; repeat or comma-separate for several (default: hf)")
+    _add_overwrite(p, "export folder")
+    p.set_defaults(func=_cmd_export)
+
+
 def _declare_quickstart(sub) -> None:
     """`budgetlora quickstart`: offline demo: real MiniLM on bundled AG News, train/evaluate/predict."""
     p = sub.add_parser("quickstart", help="offline demo: real MiniLM on bundled AG News, train/evaluate/predict")
@@ -431,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command and its flags; each command is declared by its own `_declare_*` function."""
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
+    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_export, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
         declare(sub)
     return parser
 

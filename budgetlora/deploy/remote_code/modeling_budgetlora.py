@@ -39,7 +39,8 @@ class BudgetloraPooledForSequenceClassification(PreTrainedModel):
     config_class = BudgetloraPooledConfig
     base_model_prefix = EncoderModel.base_model_prefix
     supports_gradient_checkpointing = False
-    _supports_sdpa = True
+    _supports_sdpa = getattr(EncoderModel, "_supports_sdpa", False)  # as the encoder allows
+    _supports_flash_attn = getattr(EncoderModel, "_supports_flash_attn", False)
 
     def __init__(self, config):
         super().__init__(config)
