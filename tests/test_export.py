@@ -154,3 +154,26 @@ def test_an_unfinished_or_corrupt_run_is_one_line(trained_run, tmp_path):
     with pytest.raises(UserError, match="truncated or corrupt"):
         export_run(run, tmp_path / "x", ["hf"])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_real_minilm_exports_to_hf_onnx_and_int8_with_equal_predictions(tmp_path):
+    from budgetlora.config import load_config
+    from budgetlora.quickstart import minilm_path, sample_files
+
+    train_file, eval_file = sample_files()
+    cfg = load_config("minilm-quickstart", [f"model.name={minilm_path()}", f"data.train={train_file}",
+                                            "train.max_steps=30", "train.eval_every=30"])
+    train(cfg, tmp_path / "run", log=lambda m: None)
+    manifest = export_run(tmp_path / "run", tmp_path / "export", ["hf", "onnx", "onnx-int8"], log=lambda m: None)
+    assert manifest["checks"]["hf_max_abs_diff"] <= 1e-4 and manifest["checks"]["onnx_max_abs_diff"] <= 1e-3
+    texts, ours = own_logits(tmp_path / "run", eval_file)
+    texts, ours = texts[:200], ours[:200]
+    classify = pipeline("text-classification", model=str(tmp_path / "export"))
+    labels = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert [r["label"] for r in classify(texts[:8])] == [labels[i] for i in ours[:8].argmax(1)]
+    for backend, atol in [("torch", 1e-4), ("onnx", 1e-3)]:
+        predictor = load_predictor(tmp_path / "export", backend=backend)
+        np.testing.assert_allclose(predictor.predict(texts), ours, atol=atol)
+    int8 = load_predictor(tmp_path / "export", backend="onnx-int8").predict(texts)
+    assert np.mean(int8.argmax(1) == ours.argmax(1)) >= 0.97
