@@ -261,6 +261,27 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .deploy.server import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key, backend=args.backend, threads=args.threads,
+        batching=not args.no_batching, max_batch_tokens=args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue, max_client_batch=args.max_client_batch, max_payload=args.max_payload,
+        engine=args.engine, replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        cpus_per_replica=args.cpus_per_replica, ray_max_batch_size=args.max_batch_size,
+        ray_batch_wait_timeout_s=args.batch_wait_timeout_s, ray_address=args.ray_address)
+    if args.engine == "ray":
+        from .deploy.ray_serve import serve_ray
+
+        serve_ray(args.path, settings)
+    else:
+        from .deploy.server import serve
+
+        serve(args.path, settings)
+    return 0
+
+
 def _planned_by_default() -> str:
     """`plan --methods`'s default, read off the method registry: "all but qlora"."""
     from .adapters.registry import method_names
@@ -446,11 +467,44 @@ def _declare_augment(sub) -> None:
     p.set_defaults(func=_cmd_augment_generate)
 
 
+def _declare_serve(sub) -> None:
+    """`budgetlora serve`: a run or export folder over HTTP (TEI's routes), dynamic batching; --engine ray."""
+    from .deploy.server import ServeSettings
+
+    d = ServeSettings()
+    p = sub.add_parser("serve", help="a run or export folder over HTTP (TEI's /predict, /info, /health, /metrics)")
+    p.add_argument("path", help="run folder (budgetlora train --out) or export folder (budgetlora export --out)")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port (default %(default)s)")
+    p.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` (default: ${{BUDGETLORA_API_KEY}})")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="default: the best the folder holds")
+    p.add_argument("--threads", type=int, help="intra-op threads for inference (default: the library's)")
+    p.add_argument("--no-batching", action="store_true", help="one request per model call (a baseline)")
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+                   help="padded tokens per model call (default %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="how long a batch waits to fill (default %(default)s ms)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="inputs waiting; past it 429 (default %(default)s)")
+    p.add_argument("--max-client-batch", type=int, default=d.max_client_batch,
+                   help="inputs per request; past it 413 (default %(default)s)")
+    p.add_argument("--max-payload", type=int, default=d.max_payload, help="body bytes; past it 413 (default %(default)s)")
+    p.add_argument("--engine", choices=["uvicorn", "ray"], default=d.engine, help="uvicorn (default) or Ray Serve")
+    p.add_argument("--replicas", type=int, default=d.replicas, help="ray: fixed replica count (default %(default)s)")
+    p.add_argument("--min-replicas", type=int, help="ray: autoscale from this many replicas (with --max-replicas)")
+    p.add_argument("--max-replicas", type=int, help="ray: autoscale up to this many replicas")
+    p.add_argument("--cpus-per-replica", type=float, default=d.cpus_per_replica, help="ray (default %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=d.ray_max_batch_size,
+                   help="ray: @serve.batch max_batch_size (default %(default)s)")
+    p.add_argument("--batch-wait-timeout-s", type=float, default=d.ray_batch_wait_timeout_s,
+                   help="ray: @serve.batch batch_wait_timeout_s (default %(default)s)")
+    p.add_argument("--ray-address", help="ray: join this cluster (auto, or HOST:PORT); default: a local Ray")
+    p.set_defaults(func=_cmd_serve)
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and its flags; each command is declared by its own `_declare_*` function."""
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_export, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
+    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_export, _declare_serve, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
         declare(sub)
     return parser
 

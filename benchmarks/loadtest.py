@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Load test for `budgetlora serve`: N requests from C concurrent clients over loopback.
+
+Two modes:
+
+  --url URL        load a server that is already running (any TEI-shaped /predict).
+  --serve PATH     start `python -m budgetlora serve PATH` itself on a free loopback port, once
+                   with dynamic batching and once with --no-batching (one request per model
+                   call), load each the same way, stop it with SIGTERM, and compare.
+
+Every request is one text (`{"inputs": "..."}`) from the bundled AG News evaluation sample
+(`--texts FILE` for others: a CSV with a `text` column). Reported per load: requests, errors
+(any status but 200, or a failed connection), wall seconds, throughput (requests/s), p50/p99
+latency (ms), and from the server's /metrics the model calls made and the mean inputs per call.
+The count (-n) and a wall-clock cap (--max-seconds) bound every load; it stays on 127.0.0.1.
+
+  python benchmarks/loadtest.py --serve runs/quickstart/run -n 1024 -c 32 --threads 2 \
+      --out benchmarks/results/loadtest.json
+  python benchmarks/loadtest.py --url http://127.0.0.1:8080 -n 512 -c 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_texts(path: str | None = None) -> list[str]:
+    import pandas as pd
+
+    if path is None:
+        from budgetlora.quickstart import sample_files
+
+        path = sample_files()[1]
+    return [t for t in pd.read_csv(path)["text"].astype(str).tolist() if t.strip()]
+
+
+async def _load(url: str, texts: list[str], n: int, concurrency: int, headers: dict, max_seconds: float) -> dict:
+    import httpx
+
+    latencies, statuses, next_index = [], [], iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    deadline = time.perf_counter() + max_seconds
+
+    async def client(http):
+        for i in next_index:
+            if time.perf_counter() > deadline:
+                return
+            started = time.perf_counter()
+            try:
+                response = await http.post("/predict", json={"inputs": texts[i % len(texts)]}, headers=headers)
+                statuses.append(response.status_code)
+            except httpx.HTTPError as e:
+                statuses.append(type(e).__name__)
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return _summary(latencies, statuses, wall, concurrency)
+
+
+def _summary(latencies: list[float], statuses: list, wall: float, concurrency: int) -> dict:
+    ms = np.asarray(latencies) * 1000
+    errors = sum(1 for s in statuses if s != 200)
+    return {"requests": len(statuses), "concurrency": concurrency, "errors": errors,
+            "error_statuses": sorted({str(s) for s in statuses if s != 200}),
+            "wall_seconds": round(wall, 3), "throughput_rps": round(len(statuses) / wall, 1) if wall else None,
+            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
+
+
+def run_load(url: str, texts: list[str], n: int = 512, concurrency: int = 32, api_key: str | None = None,
+             max_seconds: float = 120.0) -> dict:
+    """Send `n` single-text /predict requests from `concurrency` clients; figures + the server's batch stats."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    before = batch_stats(url, headers)
+    result = asyncio.run(_load(url.rstrip("/"), texts, n, concurrency, headers, max_seconds))
+    after = batch_stats(url, headers)
+    if before and after:
+        calls = after["calls"] - before["calls"]
+        result["model_calls"] = int(calls)
+        result["mean_inputs_per_call"] = round((after["inputs"] - before["inputs"]) / calls, 2) if calls else None
+    return result
+
+
+def batch_stats(url: str, headers: dict) -> dict | None:
+    """Model calls and inputs so far, from budgetlora's /metrics (None for a server without them)."""
+    import httpx
+
+    try:
+        text = httpx.get(url.rstrip("/") + "/metrics", headers=headers, timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = {k: re.search(rf"^budgetlora_batch_size_{k} (\S+)$", text, re.M) for k in ("count", "sum")}
+    if not all(found.values()):
+        return None
+    return {"calls": float(found["count"].group(1)), "inputs": float(found["sum"].group(1))}
+
+
+# ---------------------------------------------------------------- --serve: start, load, stop, compare
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(path: str, extra: list[str], port: int, threads: int | None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "budgetlora", "serve", str(path), "--port", str(port), *extra]
+    if threads:
+        args += ["--threads", str(threads)]
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty server must never block on it
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            process.log.seek(0)
+            raise RuntimeError(f"the server exited ({process.returncode}): {process.log.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server at {url} was not healthy within {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concurrency: int, threads: int | None,
+                   warmup: int, max_seconds: float, extra: list[str] = ()) -> dict:
+    """Start the server (batching on or off), warm it up, load it, stop it; the figures."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(path, [*extra, *([] if batching else ["--no-batching"])], port, threads)
+    try:
+        wait_healthy(url, process)
+        if warmup:
+            run_load(url, texts, warmup, concurrency, max_seconds=max_seconds)
+        result = run_load(url, texts, n, concurrency, max_seconds=max_seconds)
+    finally:
+        result_code = stop_server(process)
+    return {"batching": batching, **result, "server_exit_code": result_code}
+
+
+def compare(path: str, texts: list[str], *, n: int, concurrency: int, threads: int | None, warmup: int,
+            max_seconds: float, extra: list[str] = ()) -> dict:
+    runs = [serve_and_load(path, texts, batching=b, n=n, concurrency=concurrency, threads=threads, warmup=warmup,
+                           max_seconds=max_seconds, extra=extra) for b in (True, False)]
+    on, off = runs
+    speedup = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else None
+    return {"runs": runs, "speedup": round(speedup, 2) if speedup else None}
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        found = re.search(r"Model name:\s*(.+)", subprocess.run(["lscpu"], capture_output=True, text=True).stdout)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu_model": model, "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
+    target.add_argument("--serve", metavar="PATH", help="run or export folder: start the server, batching on and off")
+    p.add_argument("-n", "--requests", type=int, default=512, help="requests per load (default %(default)s)")
+    p.add_argument("-c", "--concurrency", type=int, default=32, help="concurrent clients (default %(default)s)")
+    p.add_argument("--threads", type=int, help="--serve: the server's --threads")
+    p.add_argument("--warmup", type=int, default=64, help="--serve: requests sent before measuring (default 64)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="wall-clock cap per load (default 120)")
+    p.add_argument("--api-key", help="--url: the server's API key")
+    p.add_argument("--texts", help="CSV with a text column (default: the bundled AG News evaluation sample)")
+    p.add_argument("--server-arg", action="append", default=[], help="--serve: extra `serve` flag (repeatable)")
+    p.add_argument("--out", help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    texts = load_texts(args.texts)
+    if args.url:
+        report = run_load(args.url, texts, args.requests, args.concurrency, args.api_key, args.max_seconds)
+    else:
+        report = compare(args.serve, texts, n=args.requests, concurrency=args.concurrency, threads=args.threads,
+                         warmup=args.warmup, max_seconds=args.max_seconds, extra=args.server_arg)
+        report["threads"] = args.threads
+    report = {"command": " ".join(["python benchmarks/loadtest.py", *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), **report}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
