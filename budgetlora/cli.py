@@ -55,6 +55,14 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    """--backend of the commands that load a run or an export folder (evaluate, predict)."""
+    from .deploy.predictor import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="torch / onnx / onnx-int8 (onnx: an export folder only; default: the best the folder holds)")
+
+
 def _add_trust_pickle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow .pkl data (unpickling runs code)")
 
@@ -132,7 +140,8 @@ def _cmd_evaluate(args) -> int:
 
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
-    result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides)
+    result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides,
+                          backend=args.backend)
     if args.out:
         files.write_json(args.out, result)
     if args.json:
@@ -148,12 +157,14 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .evaluation.predict import predict_file
+    from .evaluation.predict import stream_predictions
 
-    frame = predict_file(args.run_dir, args.data, args.out, probabilities=args.probs,
-                         label_names_column=args.label_names, overwrite=args.overwrite,
-                         trust_pickle=args.trust_pickle, data_overrides=args.overrides)
-    print(f"wrote {len(frame)} predictions to {args.out}")
+    written = stream_predictions(args.run_dir, args.data, args.out, probabilities=args.probs,
+                                 label_names_column=args.label_names, overwrite=args.overwrite,
+                                 trust_pickle=args.trust_pickle, data_overrides=args.overrides,
+                                 backend=args.backend, chunk_rows=args.chunk_rows)
+    if written.main_process:  # under accelerate launch, process 0 wrote the file
+        print(f"wrote {written.rows} predictions to {args.out}")
     return 0
 
 
@@ -327,9 +338,10 @@ def _declare_plan(sub) -> None:
 
 
 def _declare_evaluate(sub) -> None:
-    """`budgetlora evaluate`: metrics of a finished run on a labelled file."""
-    p = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
-    p.add_argument("run_dir")
+    """`budgetlora evaluate`: metrics of a finished run (or its export) on a labelled file."""
+    p = sub.add_parser("evaluate", help="metrics of a finished run or an export folder on a labelled file")
+    p.add_argument("run_dir", help="a run folder (budgetlora train --out) or an export folder")
+    _add_backend(p)
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
     _add_data_set_arg(p)
     p.add_argument("--out", help="also write the JSON here")
@@ -340,9 +352,15 @@ def _declare_evaluate(sub) -> None:
 
 
 def _declare_predict(sub) -> None:
-    """`budgetlora predict`: write ID,Label predictions for a file."""
-    p = sub.add_parser("predict", help="write ID,Label predictions for a file")
-    p.add_argument("run_dir")
+    """`budgetlora predict`: write ID,Label predictions for a file, streamed in chunks; sharded
+    under `accelerate launch` (each process a share of the chunks, one ordered output)."""
+    from .evaluation.predict import CHUNK_ROWS
+
+    p = sub.add_parser("predict", help="write ID,Label predictions for a file (streamed; shards under accelerate launch)")
+    p.add_argument("run_dir", help="a run folder (budgetlora train --out) or an export folder")
+    _add_backend(p)
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+                   help=f"rows read and predicted at a time (default {CHUNK_ROWS}; memory grows with it, not with the file)")
     p.add_argument("--data", required=True, help="file or hub dataset (id:split); labels not needed")
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")

@@ -6,12 +6,12 @@ tables: cleaning every text a run reads, extra training rows, `budgetlora data i
 
 from .batching import Batch, collate, epoch_batches, eval_batches, train_order
 from .labels import check_training_classes, encode_labels, infer_label_names
-from .sources import AG_NEWS_LABELS, TextTable, is_local, read_table
+from .sources import AG_NEWS_LABELS, TableChunk, TextTable, is_local, read_table, read_table_chunks
 from .split import split_train_val, train_val_indices
 from .tokens import cache_dir, tokenize
 
 __all__ = [
-    "AG_NEWS_LABELS", "Batch", "TextTable", "cache_dir", "check_training_classes", "collate", "encode_labels",
-    "epoch_batches", "eval_batches", "infer_label_names", "is_local", "read_table", "split_train_val",
+    "AG_NEWS_LABELS", "Batch", "TableChunk", "TextTable", "cache_dir", "check_training_classes", "collate", "encode_labels",
+    "epoch_batches", "eval_batches", "infer_label_names", "is_local", "read_table", "read_table_chunks", "split_train_val",
     "tokenize", "train_order", "train_val_indices",
 ]

@@ -117,18 +117,39 @@ def table_logits(model, tokenizer, cfg, table) -> np.ndarray:
                           progress=cfg.train.progress)
 
 
-def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = ()) -> dict:
-    """Load a finished run and compute full metrics on a labelled file (or hub split).
+def predictor_logits(predictor, texts: list[str], chunk_rows: int | None = None, progress: bool = True) -> np.ndarray:
+    """(rows, classes) logits of a deploy.Predictor for `texts`, tokenised and predicted
+    `chunk_rows` at a time, with a bar over rows when stderr is a terminal."""
+    from .predict import CHUNK_ROWS, row_bar
+
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    bar = row_bar(len(texts), "evaluate", enabled=progress)
+    parts = [np.empty((0, len(predictor.label_names)), dtype=np.float32)]
+    for start in range(0, len(texts), chunk_rows):
+        piece = texts[start:start + chunk_rows]
+        parts.append(predictor.logits(predictor.encode(piece)))
+        bar.update(len(piece))
+    bar.close()
+    return np.concatenate(parts)
+
+
+def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = (),
+                 backend: str | None = None, chunk_rows: int | None = None) -> dict:
+    """Load a finished run or an export folder (`deploy.predictor.load_predictor`, `backend`
+    torch / onnx / onnx-int8, None: the folder's best) and compute full metrics on a labelled
+    file (or hub split). The file is read whole (metrics need every label); logits are computed
+    `chunk_rows` rows at a time.
 
     `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
-    from ..config import with_data_overrides
     from ..data import encode_labels, read_table
-    from ..adapters.model import load_run
+    from ..deploy.predictor import load_predictor
+    from .predict import reading_config
 
-    model, tokenizer, cfg, label_names = load_run(run_dir)
-    cfg = with_data_overrides(cfg, data_overrides)
+    predictor = load_predictor(run_dir, backend)
+    cfg = reading_config(run_dir, data_overrides)
     table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
-    labels = encode_labels(table, label_names)
-    result = full_metrics(table_logits(model, tokenizer, cfg, table), labels, label_names, seed=cfg.train.seed)
+    labels = encode_labels(table, predictor.label_names)
+    logits = predictor_logits(predictor, table.texts, chunk_rows, progress=cfg.train.progress)
+    result = full_metrics(logits, labels, predictor.label_names, seed=cfg.train.seed)
     result["data"] = str(data)
     return result

@@ -1,27 +1,40 @@
 """Predict: class predictions for a file, written as a Kaggle-style `ID,Label` CSV.
 
+The model is a training run or an export folder (`deploy.predictor.load_predictor`: torch, or
+onnxruntime for an ONNX export, or `backend=`). The input is streamed: read in chunks of
+`chunk_rows` rows (`data.read_table_chunks`), each tokenised, predicted and appended to a
+temporary file beside the output, which is renamed to its final name only when complete; memory
+does not grow with the file. A progress bar counts rows when stderr is a terminal. Under
+`accelerate launch` every process predicts its share of the chunks (`shards`) and process 0
+writes the one output, in input order.
+
 IDs come from the file's id column (data.id_column, or a column named id/ID/Id) or, when there
 is none, from row order starting at 0. Options add the label name and class probabilities.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import files
-from .metrics import softmax, table_logits
+from .metrics import softmax
+
+CHUNK_ROWS = 4096  # rows read, tokenised and predicted at a time
 
 
-def prediction_frame(table, logits: np.ndarray, label_names: list[str]) -> pd.DataFrame:
-    """ID, Label, LabelName and one prob_<name> column per class, in the table's row order."""
+def prediction_frame(table, logits: np.ndarray, label_names: list[str], start: int = 0) -> pd.DataFrame:
+    """ID, Label, LabelName and one prob_<name> column per class, in the table's row order;
+    without an id column the IDs are row numbers counted from `start`."""
     probs = softmax(logits)
     pred = probs.argmax(axis=1)
     frame = pd.DataFrame(
         {
-            "ID": table.ids if table.ids is not None else np.arange(len(table)),
+            "ID": table.ids if table.ids is not None else np.arange(start, start + len(table)),
             "Label": pred,
             "LabelName": [label_names[i] for i in pred],
         }
@@ -31,15 +44,127 @@ def prediction_frame(table, logits: np.ndarray, label_names: list[str]) -> pd.Da
     return frame
 
 
-def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, label_names_column: bool) -> pd.DataFrame:
-    """Write the chosen columns atomically (a half-written file never replaces a good one)."""
+def output_columns(label_names: list[str], *, probabilities: bool, label_names_column: bool) -> list[str]:
+    """The columns a prediction file holds: ID, Label[, LabelName][, prob_<name>...]."""
     columns = ["ID", "Label"]
     if label_names_column:
         columns.append("LabelName")
     if probabilities:
-        columns += [c for c in frame.columns if c.startswith("prob_")]
+        columns += [f"prob_{name}" for name in label_names]
+    return columns
+
+
+def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, label_names_column: bool) -> pd.DataFrame:
+    """Write the chosen columns of a whole frame atomically (a half-written file never replaces a good one)."""
+    label_names = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    columns = output_columns(label_names, probabilities=probabilities, label_names_column=label_names_column)
     files.write_csv(out, frame[columns])
     return frame[columns]
+
+
+def reading_config(model_dir: str | Path, data_overrides: list[str] = ()):
+    """The Config whose `data` section says how to read files for this model (text/id/label
+    columns, cleaning), with `data.KEY=VALUE` overrides. A run: its config.yaml. An export: its
+    config.yaml if it holds one, else the manifest's `data` settings and `seed`, else defaults."""
+    from .. import rundir
+    from ..config import from_dict, with_data_overrides
+    from ..deploy.predictor import EXPORT_MANIFEST, is_export
+
+    path = Path(model_dir)
+    if not is_export(path) or (path / rundir.CONFIG).is_file():
+        cfg = rundir.read_config(path)
+    else:
+        manifest = files.read_json(path / EXPORT_MANIFEST, "export the run again with --overwrite")
+        train = {"seed": manifest["seed"]} if isinstance(manifest.get("seed"), int) else {}
+        cfg = from_dict({"data": dict(manifest.get("data") or {}), "train": train})
+    return with_data_overrides(cfg, data_overrides)
+
+
+def row_bar(total: int | None = None, desc: str = "predict", enabled: bool = True):
+    """A tqdm bar over rows, shown only when stderr is a terminal (nothing in logs)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", leave=False, dynamic_ncols=True,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
+def chunk_csv(predictor, chunk, columns: list[str], batch_size: int | None = None) -> bytes:
+    """One chunk's prediction rows as CSV lines (no header), UTF-8."""
+    logits = predictor.logits(predictor.encode(chunk.table.texts), batch_size)
+    frame = prediction_frame(chunk.table, logits, predictor.label_names, start=chunk.start)
+    return frame[columns].to_csv(index=False, header=False).encode("utf-8")
+
+
+def csv_header(columns: list[str]) -> bytes:
+    return pd.DataFrame(columns=columns).to_csv(index=False).encode("utf-8")
+
+
+@dataclass
+class PredictionsWritten:
+    """What `stream_predictions` did: `rows` predictions in `out`; `main_process`: False on the
+    other processes of an `accelerate launch` (process 0 wrote the file)."""
+
+    out: Path
+    rows: int
+    main_process: bool = True
+
+
+def stream_predictions(
+    run_dir: str | Path,
+    data: str,
+    out: str | Path,
+    *,
+    probabilities: bool = False,
+    label_names_column: bool = False,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    data_overrides: list[str] = (),
+    backend: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    batch_size: int | None = None,
+) -> PredictionsWritten:
+    """Predict every row of `data` chunk by chunk and write `ID,Label[,LabelName][,prob_*]` to
+    `out` atomically, in bounded memory; sharded over the processes of `accelerate launch`.
+
+    `run_dir`: a run or export folder; `backend`: torch / onnx / onnx-int8 (None: the folder's
+    best); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    from ..data import read_table_chunks
+    from ..deploy.predictor import load_predictor
+    from .shards import current_shard, join_shards, write_shard
+
+    out = files.check_new_file(out, overwrite=overwrite)
+    predictor = load_predictor(run_dir, backend)
+    cfg = reading_config(run_dir, data_overrides)
+    columns = output_columns(predictor.label_names, probabilities=probabilities, label_names_column=label_names_column)
+    shard = current_shard()
+    chunks = read_table_chunks(data, cfg.data, chunk_rows=chunk_rows, trust_pickle=trust_pickle, keep=shard.owns)
+    bar = row_bar(enabled=shard.is_main)
+    try:
+        pieces = _counted(((c.index, chunk_csv(predictor, c, columns, batch_size), len(c.table)) for c in chunks), bar)
+        if shard.count == 1:
+            rows = _write_whole(out, csv_header(columns), pieces)
+        else:
+            rows = join_shards(out, csv_header(columns), write_shard(out, shard, pieces))
+    finally:
+        bar.close()
+    return PredictionsWritten(out, rows, shard.is_main)
+
+
+def _counted(pieces, bar):
+    """The (index, CSV bytes, rows) pieces, moving the bar by their rows."""
+    for piece in pieces:
+        bar.update(piece[2])
+        yield piece
+
+
+def _write_whole(out: Path, header: bytes, pieces) -> int:
+    rows = 0
+    with files.atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        for _, data, count in pieces:
+            f.write(data)
+            rows += count
+    return rows
 
 
 def predict_file(
@@ -52,17 +177,17 @@ def predict_file(
     overwrite: bool = False,
     trust_pickle: bool = False,
     data_overrides: list[str] = (),
+    backend: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    batch_size: int | None = None,
 ) -> pd.DataFrame:
-    """Predict every row of `data` and write `ID,Label[,LabelName][,prob_*]` to `out`.
-
-    `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
-    from ..config import with_data_overrides
-    from ..data import read_table
-    from ..adapters.model import load_run
-
-    out = files.check_new_file(out, overwrite=overwrite)
-    model, tokenizer, cfg, label_names = load_run(run_dir)
-    cfg = with_data_overrides(cfg, data_overrides)
-    table = read_table(data, cfg.data, split="test", need_labels=False, trust_pickle=trust_pickle)
-    frame = prediction_frame(table, table_logits(model, tokenizer, cfg, table), label_names)
-    return write_predictions(frame, out, probabilities=probabilities, label_names_column=label_names_column)
+    """`stream_predictions` (same arguments), then the written file read back as a DataFrame for
+    Python callers; this frame, unlike the prediction itself, grows with the file. Under
+    `accelerate launch` only process 0 reads it back; the others return no rows."""
+    written = stream_predictions(run_dir, data, out, probabilities=probabilities,
+                                 label_names_column=label_names_column, overwrite=overwrite,
+                                 trust_pickle=trust_pickle, data_overrides=data_overrides, backend=backend,
+                                 chunk_rows=chunk_rows, batch_size=batch_size)
+    if not written.main_process:
+        return pd.DataFrame()
+    return pd.read_csv(written.out, keep_default_na=False)
