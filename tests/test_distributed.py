@@ -85,6 +85,7 @@ def test_sharded_predict_writes_the_single_process_file(trained_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.csv", "two.csv"]  # no part files left
 
 
+@pytest.mark.slow
 def test_a_bad_row_in_one_shard_stops_both_processes_with_no_output(trained_run, tmp_path):
     import pandas as pd
 
