@@ -44,6 +44,7 @@ FORMATS = ("hf", "onnx", "onnx-int8")
 REMOTE_CODE = Path(__file__).with_name("remote_code") / "modeling_budgetlora.py"
 ENCODER_LINE = "from transformers import BertConfig as EncoderConfig, BertModel as EncoderModel  # budgetlora: encoder classes"
 HF_ATOL, ONNX_ATOL = 1e-4, 1e-3
+READING_SETTINGS = ("format", "text_column", "label_column", "id_column", "label_names", "clean")
 PROBE_TEXTS = ["a", "Stocks rallied on Wall Street after the central bank held rates.",
                "The team won the final in extra time, their third title in four years. " * 6]
 
@@ -320,6 +321,9 @@ def manifest_of(run_dir: Path, cfg, label_names, formats, remote_code: bool, che
         "remote_code": remote_code,
         "trainable": budget.get("trainable"),
         "budget": budget.get("max_trainable", cfg.budget.max_trainable),
+        # how files are read for this model (evaluate / predict on the export, as on the run)
+        "data": {key: getattr(cfg.data, key) for key in READING_SETTINGS},
+        "seed": cfg.train.seed,
         "onnx": {"inputs": ["input_ids", "attention_mask"], "outputs": ["logits"],
                  "dynamic_axes": ["batch", "sequence"]} if {"onnx", "onnx-int8"} & set(formats) else None,
         "checks": checks,
