@@ -90,7 +90,8 @@ def row_bar(total: int | None = None, desc: str = "predict", enabled: bool = Tru
 
 def chunk_csv(predictor, chunk, columns: list[str], batch_size: int | None = None) -> bytes:
     """One chunk's prediction rows as CSV lines (no header), UTF-8."""
-    logits = predictor.logits(predictor.encode(chunk.table.texts), batch_size)
+    texts = chunk.table.texts
+    logits = predictor.logits(predictor.encode(texts) if texts else [], batch_size)  # a header-only file: no rows
     frame = prediction_frame(chunk.table, logits, predictor.label_names, start=chunk.start)
     return frame[columns].to_csv(index=False, header=False).encode("utf-8")
 
