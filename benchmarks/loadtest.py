@@ -251,12 +251,15 @@ def _cpu_split(counters: tuple, server_pid: int) -> dict:
 
 
 def compare(path: str, texts: list[str], *, n: int, concurrency: int, threads: int | None, warmup: int,
-            max_seconds: float, extra: list[str] = (), wait_idle: float = 0) -> dict:
+            max_seconds: float, extra: list[str] = (), wait_idle: float = 0, repeat: int = 1) -> dict:
+    """Batching on, then off, `repeat` times interleaved (so drifting load hits both alike); the
+    speedup of the median throughputs, every round kept."""
     runs = [serve_and_load(path, texts, batching=b, n=n, concurrency=concurrency, threads=threads, warmup=warmup,
-                           max_seconds=max_seconds, extra=extra, wait_idle=wait_idle) for b in (True, False)]
-    on, off = runs
-    speedup = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else None
-    return {"runs": runs, "speedup": round(speedup, 2) if speedup else None}
+                           max_seconds=max_seconds, extra=extra, wait_idle=wait_idle)
+            for _ in range(repeat) for b in (True, False)]
+    median = {b: float(np.median([r["throughput_rps"] for r in runs if r["batching"] is b])) for b in (True, False)}
+    return {"runs": runs, "median_throughput_rps": {"batching": median[True], "no_batching": median[False]},
+            "speedup": round(median[True] / median[False], 2) if median[False] else None}
 
 
 def machine() -> dict:
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts", help="CSV with a text column (default: the bundled AG News evaluation sample)")
     p.add_argument("--words", type=int, help="cut every text to its first WORDS words (short inputs)")
     p.add_argument("--server-arg", action="append", default=[], help="--serve: extra `serve` flag (repeatable)")
+    p.add_argument("--repeat", type=int, default=1, help="--serve: interleaved on/off rounds (default 1)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="--serve: before each load, wait up to SECONDS for other processes to leave the CPU")
     p.add_argument("--out", help="write the figures as JSON here")
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = compare(args.serve, texts, n=args.requests, concurrency=args.concurrency, threads=args.threads,
                          warmup=args.warmup, max_seconds=args.max_seconds, extra=args.server_arg,
-                         wait_idle=args.wait_idle)
+                         wait_idle=args.wait_idle, repeat=args.repeat)
         report["threads"] = args.threads
     report = {"command": " ".join(["python benchmarks/loadtest.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), **report}

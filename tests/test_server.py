@@ -410,3 +410,16 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.slow
+def test_the_load_test_script_compares_batching_on_and_off(trained_run, tmp_path):
+    out = tmp_path / "loadtest.json"
+    done = subprocess.run([sys.executable, str(LOADTEST), "--serve", str(trained_run[0]), "-n", "48", "-c", "8",
+                           "--warmup", "0", "--threads", "1", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["batching"] for r in report["runs"]] == [True, False]
+    assert all(r["requests"] == 48 and r["errors"] == 0 for r in report["runs"])
+    assert report["runs"][1]["model_calls"] == 48 and report["speedup"] > 0 and report["machine"]["cpu_model"]
