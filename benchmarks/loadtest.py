@@ -8,8 +8,9 @@ Two modes:
                    with dynamic batching and once with --no-batching (one request per model
                    call), load each the same way, stop it with SIGTERM, and compare.
 
-Every request is one text (`{"inputs": "..."}`) from the bundled AG News evaluation sample
-(`--texts FILE` for others: a CSV with a `text` column). Reported per load: requests, errors
+Every request is one text (`{"inputs": "..."}`), sent with aiohttp (httpx without it) from the bundled AG News evaluation sample
+(`--texts FILE` for others: a CSV with a `text` column; `--words W` cuts each to its first W
+words, for short query-like inputs). Reported per load: requests, errors
 (any status but 200, or a failed connection), wall seconds, throughput (requests/s), p50/p99
 latency (ms), and from the server's /metrics the model calls made and the mean inputs per call.
 The count (-n) and a wall-clock cap (--max-seconds) bound every load; it stays on 127.0.0.1.
@@ -38,40 +39,76 @@ from pathlib import Path
 import numpy as np
 
 
-def load_texts(path: str | None = None) -> list[str]:
+def load_texts(path: str | None = None, words: int | None = None) -> list[str]:
+    """The texts to send: a CSV's `text` column (default: the bundled AG News evaluation sample),
+    each cut to its first `words` words when given (short, query-like inputs)."""
     import pandas as pd
 
     if path is None:
         from budgetlora.quickstart import sample_files
 
         path = sample_files()[1]
-    return [t for t in pd.read_csv(path)["text"].astype(str).tolist() if t.strip()]
+    texts = [t for t in pd.read_csv(path)["text"].astype(str).tolist() if t.strip()]
+    return [" ".join(t.split()[:words]) for t in texts] if words else texts
 
 
 async def _load(url: str, texts: list[str], n: int, concurrency: int, headers: dict, max_seconds: float) -> dict:
-    import httpx
+    """aiohttp when installed (a few times less client CPU per request than httpx, which matters
+    when client and server share two cores), else httpx."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return await _load_httpx(url, texts, n, concurrency, headers, max_seconds)
+    return await _load_aiohttp(url, texts, n, concurrency, headers, max_seconds)
 
+
+async def _clients(post, texts: list[str], n: int, concurrency: int, max_seconds: float) -> dict:
+    """`concurrency` clients taking request numbers from one counter; `post(body)` -> status."""
     latencies, statuses, next_index = [], [], iter(range(n))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     deadline = time.perf_counter() + max_seconds
 
-    async def client(http):
+    async def client():
         for i in next_index:
             if time.perf_counter() > deadline:
                 return
             started = time.perf_counter()
-            try:
-                response = await http.post("/predict", json={"inputs": texts[i % len(texts)]}, headers=headers)
-                statuses.append(response.status_code)
-            except httpx.HTTPError as e:
-                statuses.append(type(e).__name__)
+            statuses.append(await post({"inputs": texts[i % len(texts)]}))
             latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return _summary(latencies, statuses, wall, concurrency)
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return _summary(latencies, statuses, time.perf_counter() - started, concurrency)
+
+
+async def _load_aiohttp(url, texts, n, concurrency, headers, max_seconds) -> dict:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def post(body):
+            try:
+                async with session.post("/predict", json=body) as response:
+                    await response.read()
+                    return response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                return type(e).__name__
+
+        return await _clients(post, texts, n, concurrency, max_seconds)
+
+
+async def _load_httpx(url, texts, n, concurrency, headers, max_seconds) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0, headers=headers) as http:
+        async def post(body):
+            try:
+                return (await http.post("/predict", json=body)).status_code
+            except httpx.HTTPError as e:
+                return type(e).__name__
+
+        return await _clients(post, texts, n, concurrency, max_seconds)
 
 
 def _summary(latencies: list[float], statuses: list, wall: float, concurrency: int) -> dict:
@@ -157,9 +194,36 @@ def stop_server(process: subprocess.Popen) -> int:
         return process.wait()
 
 
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """Busy CPU seconds of the whole machine (pid None) or of one process, from /proc."""
+    try:
+        if pid is None:
+            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+            return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_until_idle(max_wait: float, threshold: float = 0.3, window: float = 3.0) -> float:
+    """Sleep until the machine's other processes use < `threshold` cores for two windows running."""
+    started, quiet = time.perf_counter(), 0
+    while time.perf_counter() - started < max_wait and quiet < 2:
+        before, mine = cpu_seconds(), cpu_seconds(os.getpid())
+        time.sleep(window)
+        if before is None or mine is None:
+            break
+        others = (cpu_seconds() - before - (cpu_seconds(os.getpid()) - mine)) / window
+        quiet = quiet + 1 if others < threshold else 0
+    return round(time.perf_counter() - started, 1)
+
+
 def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concurrency: int, threads: int | None,
-                   warmup: int, max_seconds: float, extra: list[str] = ()) -> dict:
-    """Start the server (batching on or off), warm it up, load it, stop it; the figures."""
+                   warmup: int, max_seconds: float, extra: list[str] = (), wait_idle: float = 0) -> dict:
+    """Start the server (batching on or off), warm it up, load it, stop it; the figures, with the
+    CPU cores other processes used meanwhile (`other_cores`: well above 0 means noisy figures)."""
+    waited = wait_until_idle(wait_idle) if wait_idle else 0.0
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_server(path, [*extra, *([] if batching else ["--no-batching"])], port, threads)
@@ -167,19 +231,35 @@ def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concu
         wait_healthy(url, process)
         if warmup:
             run_load(url, texts, warmup, concurrency, max_seconds=max_seconds)
+        counters = cpu_seconds(), cpu_seconds(process.pid), cpu_seconds(os.getpid()), time.perf_counter()
         result = run_load(url, texts, n, concurrency, max_seconds=max_seconds)
+        result.update(_cpu_split(counters, process.pid))
     finally:
         result_code = stop_server(process)
-    return {"batching": batching, **result, "server_exit_code": result_code}
+    return {"batching": batching, **result, "waited_for_idle_s": waited, "server_exit_code": result_code}
+
+
+def _cpu_split(counters: tuple, server_pid: int) -> dict:
+    machine0, server0, client0, t0 = counters
+    wall = time.perf_counter() - t0
+    now = cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(os.getpid())
+    if None in (machine0, server0, client0) or None in now:
+        return {}
+    server, client = now[1] - server0, now[2] - client0
+    return {"server_cores": round(server / wall, 2), "client_cores": round(client / wall, 2),
+            "other_cores": round(max(0.0, (now[0] - machine0) - server - client) / wall, 2)}
 
 
 def compare(path: str, texts: list[str], *, n: int, concurrency: int, threads: int | None, warmup: int,
-            max_seconds: float, extra: list[str] = ()) -> dict:
+            max_seconds: float, extra: list[str] = (), wait_idle: float = 0, repeat: int = 1) -> dict:
+    """Batching on, then off, `repeat` times interleaved (so drifting load hits both alike); the
+    speedup of the median throughputs, every round kept."""
     runs = [serve_and_load(path, texts, batching=b, n=n, concurrency=concurrency, threads=threads, warmup=warmup,
-                           max_seconds=max_seconds, extra=extra) for b in (True, False)]
-    on, off = runs
-    speedup = on["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else None
-    return {"runs": runs, "speedup": round(speedup, 2) if speedup else None}
+                           max_seconds=max_seconds, extra=extra, wait_idle=wait_idle)
+            for _ in range(repeat) for b in (True, False)]
+    median = {b: float(np.median([r["throughput_rps"] for r in runs if r["batching"] is b])) for b in (True, False)}
+    return {"runs": runs, "median_throughput_rps": {"batching": median[True], "no_batching": median[False]},
+            "speedup": round(median[True] / median[False], 2) if median[False] else None}
 
 
 def machine() -> dict:
@@ -206,15 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=120.0, help="wall-clock cap per load (default 120)")
     p.add_argument("--api-key", help="--url: the server's API key")
     p.add_argument("--texts", help="CSV with a text column (default: the bundled AG News evaluation sample)")
+    p.add_argument("--words", type=int, help="cut every text to its first WORDS words (short inputs)")
     p.add_argument("--server-arg", action="append", default=[], help="--serve: extra `serve` flag (repeatable)")
+    p.add_argument("--repeat", type=int, default=1, help="--serve: interleaved on/off rounds (default 1)")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="--serve: before each load, wait up to SECONDS for other processes to leave the CPU")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    texts = load_texts(args.texts)
+    texts = load_texts(args.texts, args.words)
     if args.url:
         report = run_load(args.url, texts, args.requests, args.concurrency, args.api_key, args.max_seconds)
     else:
         report = compare(args.serve, texts, n=args.requests, concurrency=args.concurrency, threads=args.threads,
-                         warmup=args.warmup, max_seconds=args.max_seconds, extra=args.server_arg)
+                         warmup=args.warmup, max_seconds=args.max_seconds, extra=args.server_arg,
+                         wait_idle=args.wait_idle, repeat=args.repeat)
         report["threads"] = args.threads
     report = {"command": " ".join(["python benchmarks/loadtest.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), **report}

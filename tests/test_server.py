@@ -59,7 +59,8 @@ def stub(run_logits=word_logits, max_length=16) -> Predictor:
 
 @contextmanager
 def client(predictor=None, **settings):
-    with TestClient(create_app(predictor or stub(), ServeSettings(**settings))) as c:
+    app = create_app(predictor or stub(), ServeSettings(**settings))
+    with TestClient(app, raise_server_exceptions=False) as c:  # answer 500s as a real client sees them
         yield c
 
 
@@ -216,6 +217,21 @@ def test_an_exception_in_inference_answers_500_and_the_server_goes_on():
         assert failed.status_code == 500 and failed.json()["error_type"] == "Backend" and "boom" in failed.json()["error"]
         assert c.post("/predict", json={"inputs": "alpha"}).json()[0]["label"] == "alpha"
         assert c.get("/health").status_code == 200
+
+
+def test_an_unexpected_error_outside_inference_is_a_json_500_too():
+    class FragileTokenizer(WordTokenizer):
+        def __call__(self, texts, **kwargs):
+            if "crash" in texts:
+                raise KeyError("tokenizer bug")
+            return super().__call__(texts, **kwargs)
+
+    predictor = stub()
+    predictor.tokenizer = FragileTokenizer()
+    with client(predictor) as c:
+        failed = c.post("/predict", json={"inputs": "crash"})
+        assert failed.status_code == 500 and failed.json()["error_type"] == "Backend"
+        assert c.post("/predict", json={"inputs": "beta"}).json()[0]["label"] == "beta"
 
 
 # ---------------------------------------------------------------- security
@@ -394,3 +410,16 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.slow
+def test_the_load_test_script_compares_batching_on_and_off(trained_run, tmp_path):
+    out = tmp_path / "loadtest.json"
+    done = subprocess.run([sys.executable, str(LOADTEST), "--serve", str(trained_run[0]), "-n", "48", "-c", "8",
+                           "--warmup", "0", "--threads", "1", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["batching"] for r in report["runs"]] == [True, False]
+    assert all(r["requests"] == 48 and r["errors"] == 0 for r in report["runs"])
+    assert report["runs"][1]["model_calls"] == 48 and report["speedup"] > 0 and report["machine"]["cpu_model"]
