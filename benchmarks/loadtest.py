@@ -229,6 +229,7 @@ def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concu
     process = start_server(path, [*extra, *([] if batching else ["--no-batching"])], port, threads)
     try:
         wait_healthy(url, process)
+        served = server_info(url)
         if warmup:
             run_load(url, texts, warmup, concurrency, max_seconds=max_seconds)
         counters = cpu_seconds(), cpu_seconds(process.pid), cpu_seconds(os.getpid()), time.perf_counter()
@@ -236,7 +237,15 @@ def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concu
         result.update(_cpu_split(counters, process.pid))
     finally:
         result_code = stop_server(process)
-    return {"batching": batching, **result, "waited_for_idle_s": waited, "server_exit_code": result_code}
+    return {"batching": batching, **served, **result, "waited_for_idle_s": waited, "server_exit_code": result_code}
+
+
+def server_info(url: str, headers: dict | None = None) -> dict:
+    """What the server says it runs (GET /info): backend and precision, recorded next to its figures."""
+    import httpx
+
+    info = httpx.get(f"{url}/info", headers=headers or {}, timeout=10).json()
+    return {"backend": info.get("backend"), "precision": info.get("precision")}
 
 
 def _cpu_split(counters: tuple, server_pid: int) -> dict:
@@ -271,7 +280,11 @@ def machine() -> dict:
         pass
     import torch
 
-    return {"cpu_model": model, "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    from budgetlora.hardware import NATIVE_BF16_FLAGS, cpu_flags, native_bf16_cpu
+
+    flags = sorted(cpu_flags() & {*NATIVE_BF16_FLAGS, "avx512_vnni", "amx_int8", "amx_tile", "avx512f", "avx2"})
+    return {"cpu_model": model, "cpus": os.cpu_count(), "cpu_flags": flags, "native_bf16": native_bf16_cpu(),
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def main(argv: list[str] | None = None) -> int:

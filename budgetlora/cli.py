@@ -61,6 +61,15 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="torch / onnx / onnx-int8 (onnx: an export folder only; default: the best the folder holds)")
+    _add_precision(p, "fp32")
+
+
+def _add_precision(p: argparse.ArgumentParser, default: str) -> None:
+    from .deploy.predictor import INFERENCE_PRECISIONS
+
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=default,
+                   help="torch backend: fp32, bf16, or auto = bf16 where the CPU/GPU computes it natively "
+                        "(default %(default)s)")
 
 
 def _add_trust_pickle(p: argparse.ArgumentParser) -> None:
@@ -141,7 +150,7 @@ def _cmd_evaluate(args) -> int:
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
     result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides,
-                          backend=args.backend)
+                          backend=args.backend, precision=args.precision)
     if args.out:
         files.write_json(args.out, result)
     if args.json:
@@ -162,7 +171,7 @@ def _cmd_predict(args) -> int:
     written = stream_predictions(args.run_dir, args.data, args.out, probabilities=args.probs,
                                  label_names_column=args.label_names, overwrite=args.overwrite,
                                  trust_pickle=args.trust_pickle, data_overrides=args.overrides,
-                                 backend=args.backend, chunk_rows=args.chunk_rows)
+                                 backend=args.backend, precision=args.precision, chunk_rows=args.chunk_rows)
     if written.main_process:  # under accelerate launch, process 0 wrote the file
         print(f"wrote {written.rows} predictions to {args.out}")
     return 0
@@ -277,7 +286,7 @@ def _cmd_serve(args) -> int:
 
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key, backend=args.backend, threads=args.threads,
-        batching=not args.no_batching, max_batch_tokens=args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms,
+        precision=args.precision, batching=not args.no_batching, max_batch_tokens=args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue, max_client_batch=args.max_client_batch, max_payload=args.max_payload,
         engine=args.engine, replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         cpus_per_replica=args.cpus_per_replica, ray_max_batch_size=args.max_batch_size,
@@ -487,6 +496,7 @@ def _declare_augment(sub) -> None:
 
 def _declare_serve(sub) -> None:
     """`budgetlora serve`: a run or export folder over HTTP (TEI's routes), dynamic batching; --engine ray."""
+    from .deploy.predictor import BACKENDS
     from .deploy.server import ServeSettings
 
     d = ServeSettings()
@@ -494,9 +504,10 @@ def _declare_serve(sub) -> None:
     p.add_argument("path", help="run folder (budgetlora train --out) or export folder (budgetlora export --out)")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help="TCP port (default %(default)s)")
-    p.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` (default: ${{BUDGETLORA_API_KEY}})")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="default: the best the folder holds")
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (default: $BUDGETLORA_API_KEY)")
+    p.add_argument("--backend", choices=BACKENDS, help="default: the best the folder holds")
     p.add_argument("--threads", type=int, help="intra-op threads for inference (default: the library's)")
+    _add_precision(p, d.precision)
     p.add_argument("--no-batching", action="store_true", help="one request per model call (a baseline)")
     p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
                    help="padded tokens per model call (default %(default)s)")

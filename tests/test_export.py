@@ -118,6 +118,13 @@ def test_onnx_equals_torch_at_every_batch_size_and_length(head, tiny_model_dir, 
         expected = torch_side.logits(ids, batch_size=batch)
         np.testing.assert_allclose(onnx_side.logits(ids, batch_size=batch), expected, atol=1e-3)
         assert int8_side.logits(ids, batch_size=batch).shape == expected.shape
+    assert (onnx_side.precision, int8_side.precision) == ("fp32", "int8")
+    assert load_predictor(tmp_path / "export", backend="onnx", precision="auto").precision == "fp32"
+    with pytest.raises(UserError, match="bf16 is for the torch backend"):
+        load_predictor(tmp_path / "export", backend="onnx", precision="bf16")
+    bf16_side = load_predictor(tmp_path / "export", backend="torch", precision="bf16")
+    assert bf16_side.precision == "bf16" and bf16_side.describe()["precision"] == "bf16"
+    np.testing.assert_allclose(bf16_side.logits(ids), expected, rtol=0.02, atol=0.1)
 
 
 def test_export_refusals_are_one_line_and_overwrite_only_replaces_an_export(trained_run, tmp_path, capsys):

@@ -44,3 +44,23 @@ def test_bad_paths_and_backends_are_one_line(trained_run, tmp_path):
         load_predictor(trained_run[0], backend="onnx")
     with pytest.raises(UserError, match="backend 'tpu' is not known"):
         load_predictor(trained_run[0], backend="tpu")
+
+
+def test_bf16_stores_the_merged_weights_in_bf16_and_stays_close_to_fp32(trained_run, synthetic_test_csv):
+    texts = pd.read_csv(synthetic_test_csv)["text"].tolist()[:64]
+    fp32 = load_predictor(trained_run[0], precision="fp32")
+    bf16 = load_predictor(trained_run[0], precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and bf16.describe()["precision"] == "bf16"
+    exact, rounded = fp32.predict(texts), bf16.predict(texts)
+    assert rounded.dtype == np.float32
+    assert not np.array_equal(rounded, exact)  # it really ran in bf16 ...
+    np.testing.assert_allclose(rounded, exact, rtol=0.02, atol=0.1)  # ... within bf16's rounding (8 bits)
+    assert (rounded.argmax(1) == exact.argmax(1)).mean() >= 0.95
+
+
+def test_auto_precision_follows_the_cpus_native_bf16(trained_run):
+    from budgetlora.hardware import native_bf16_cpu
+
+    assert load_predictor(trained_run[0], precision="auto").precision == ("bf16" if native_bf16_cpu() else "fp32")
+    with pytest.raises(UserError, match="precision 'fp8' is not known"):
+        load_predictor(trained_run[0], precision="fp8")

@@ -30,7 +30,6 @@ from budgetlora.cli import main as cli_main
 from budgetlora.deploy.batcher import BatchObserver, Batcher, QueueFull
 from budgetlora.deploy.predictor import Predictor, load_predictor
 from budgetlora.deploy.server import ServeSettings, create_app, resolve
-from budgetlora.errors import UserError
 
 LABELS = ["alpha", "beta", "gamma"]
 WORD_IDS = {w: 10 + i for i, w in enumerate(LABELS)}
@@ -145,6 +144,7 @@ def test_info_names_labels_limits_budget_and_backend_but_no_server_path():
         assert c.get("/health").status_code == 200
     assert info["labels"] == LABELS and info["max_input_length"] == 16 and info["max_client_batch_size"] == 7
     assert info["trainable"] == 10 and info["budget"] == 100 and info["backend"] == "stub"
+    assert info["precision"] == "fp32"
     assert info["model_type"]["classifier"]["id2label"] == {"0": "alpha", "1": "beta", "2": "gamma"}
     assert "/srv" not in json.dumps(info)
 

@@ -52,6 +52,7 @@ from .registry import ADAPTS, MethodSpec, Placement, method_spec
 from .. import rundir
 from ..config import HEAD_TYPES, Config
 from ..errors import UserError, first_line, warn
+from ..hardware import inference_device
 
 LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layer|layers|h|blocks|block)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
@@ -574,7 +575,7 @@ def load_run(run_dir: str | Path, *, model_name: str | None = None, merge: bool 
     model = load_adapter(backbone, adapter)
     if merge:
         model = merge_and_unload(model)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict on the GPU when there is one
+    model.to(inference_device())  # this process's GPU when there is one
     model.eval()
     tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else (cfg.model.tokenizer or cfg.model.name))
     return model, tokenizer, cfg, label_names

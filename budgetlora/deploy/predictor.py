@@ -8,6 +8,9 @@ holds, or by `backend=`:
 * `onnx`: onnxruntime on an export's `onnx/model.onnx`;
 * `onnx-int8`: onnxruntime on its dynamically quantised `onnx/model_quantized.onnx`.
 
+`precision=` (torch backend): `fp32`, `bf16` (the merged weights stored once in bf16, logits
+returned in fp32), or `auto`: bf16 where the CPU or GPU computes it natively (`hardware.choose`).
+
 Every backend takes token ids (numpy, unpadded) and returns float32 logits in row order, batched
 by length; `encode` tokenises with the model's length cap. The export folder layout itself is
 defined in `export.py` (EXPORT_MANIFEST, ONNX_FILES).
@@ -27,6 +30,7 @@ from ..errors import UserError
 EXPORT_MANIFEST = "budgetlora_export.json"
 ONNX_FILES = {"onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quantized.onnx"}
 BACKENDS = ("torch", "onnx", "onnx-int8")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class TextTooLong(UserError):
@@ -58,6 +62,7 @@ class Predictor:
     source: str
     info: dict = field(default_factory=dict)  # model, method, head, budget, trainable, ...
     batch_size: int = 64
+    precision: str = "fp32"  # what the backend computes in: fp32 / bf16 (torch), fp32 / int8 (onnx)
 
     @property
     def pad_id(self) -> int:
@@ -87,30 +92,47 @@ class Predictor:
     def describe(self) -> dict:
         """What GET /info shows: nothing that names a file on the server's disk beyond its folder name."""
         return {"model": self.info.get("model"), "labels": list(self.label_names), "max_length": self.max_length,
-                "backend": self.backend, "source": Path(self.source).name,
+                "backend": self.backend, "precision": self.precision, "source": Path(self.source).name,
                 **{k: v for k, v in self.info.items() if k != "model"}}
 
 
-def load_predictor(path: str | Path, backend: str | None = None, *, threads: int | None = None) -> Predictor:
+def load_predictor(path: str | Path, backend: str | None = None, *, threads: int | None = None,
+                   precision: str = "fp32") -> Predictor:
     """A Predictor for a run folder or an export folder; `backend` None: the best the folder holds."""
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise UserError(f"precision {precision!r} is not known; choose one of {', '.join(INFERENCE_PRECISIONS)}")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     if is_export(path):
-        return _load_export(path, backend, threads)
+        return _load_export(path, backend, threads, precision)
     if is_run(path):
         if backend not in (None, "torch"):
             raise UserError(f"{path} is a training run, which only the torch backend reads; "
                             f"`budgetlora export {path} --out DIR --format {backend}` first")
-        return _load_run(path)
+        return _load_run(path, precision)
     if not path.exists():
         raise UserError(f"{path} does not exist; give a run folder (budgetlora train --out) or an export folder")
     raise UserError(f"{path} is neither a budgetlora run nor an export folder (no {rundir.CONFIG} + "
                     f"{rundir.ADAPTER}/, no {EXPORT_MANIFEST}); give the --out folder of `budgetlora train` or `export`")
+
+
+def _in_precision(model, precision: str):
+    """(model, precision used): bf16 casts the merged weights once, so no step casts them again."""
+    import torch
+
+    from ..hardware import choose
+
+    if any(p.dtype not in (torch.float32, torch.bfloat16, torch.float16) for p in model.parameters()):
+        return model, "quantized"  # a QLoRA base stays in the format it was trained on
+    chosen = choose(precision, next(model.parameters()).device.type).precision
+    if chosen == "bf16":
+        model = model.to(torch.bfloat16)
+    return model, chosen
 
 
 def _torch_logits(model):
@@ -122,13 +144,14 @@ def _torch_logits(model):
     return run
 
 
-def _load_run(path: Path) -> Predictor:
+def _load_run(path: Path, precision: str) -> Predictor:
     from ..adapters.model import load_run
 
     model, tokenizer, cfg, label_names = load_run(path)
+    model, precision = _in_precision(model, precision)
     run = _torch_logits(model)
     predictor = Predictor("torch", label_names, cfg.model.max_length, tokenizer, run, str(path),
-                          info=_run_info(path, cfg), batch_size=cfg.train.eval_batch_size)
+                          info=_run_info(path, cfg), batch_size=cfg.train.eval_batch_size, precision=precision)
     run.pad_id = predictor.pad_id
     return predictor
 
@@ -141,7 +164,7 @@ def _run_info(path: Path, cfg) -> dict:
             "trainable": budget.get("trainable"), "budget": budget.get("max_trainable", cfg.budget.max_trainable)}
 
 
-def _load_export(path: Path, backend: str | None, threads: int | None) -> Predictor:
+def _load_export(path: Path, backend: str | None, threads: int | None, precision: str) -> Predictor:
     from transformers import AutoTokenizer
 
     manifest = files.read_json(path / EXPORT_MANIFEST, "export the run again with --overwrite")
@@ -158,10 +181,14 @@ def _load_export(path: Path, backend: str | None, threads: int | None) -> Predic
     info = {k: manifest.get(k) for k in ("model", "method", "head", "trainable", "budget")}
     info["budgetlora_version"] = manifest.get("budgetlora_version")
     if backend == "torch":
-        run = _torch_logits(_export_torch_model(path, manifest))
+        model, precision = _in_precision(_export_torch_model(path, manifest), precision)
+        run = _torch_logits(model)
     else:
-        run = _onnx_logits(path / ONNX_FILES[backend], threads)
-    predictor = Predictor(backend, label_names, int(manifest["max_length"]), tokenizer, run, str(path), info=info)
+        if precision == "bf16":
+            raise UserError(f"--precision bf16 is for the torch backend; the {backend} backend runs its graph as exported")
+        run, precision = _onnx_logits(path / ONNX_FILES[backend], threads), "int8" if backend == "onnx-int8" else "fp32"
+    predictor = Predictor(backend, label_names, int(manifest["max_length"]), tokenizer, run, str(path), info=info,
+                          precision=precision)
     run.pad_id = predictor.pad_id
     return predictor
 
@@ -171,6 +198,7 @@ def _export_torch_model(path: Path, manifest: dict):
     from transformers import AutoModelForSequenceClassification
 
     from ..adapters.model import quiet_transformers
+    from ..hardware import inference_device
 
     quiet_transformers()
     try:
@@ -178,7 +206,7 @@ def _export_torch_model(path: Path, manifest: dict):
             str(path), trust_remote_code=bool(manifest.get("remote_code")), dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 -- safetensors/config errors: a damaged export
         raise files.corrupt(path / "model.safetensors", e, "export the run again with --overwrite") from None
-    return model.eval()
+    return model.to(inference_device()).eval()
 
 
 def _onnx_logits(model_file: Path, threads: int | None):

@@ -69,7 +69,8 @@ def build_deployment(settings: ServeSettings):
         def __init__(self, path: str, settings: ServeSettings):
             from .predictor import load_predictor
 
-            self.predictor = load_predictor(path, settings.backend, threads=settings.threads)
+            self.predictor = load_predictor(path, settings.backend, threads=settings.threads,
+                                            precision=settings.precision)
             self.settings = settings
             self.key = settings.api_key.encode("utf-8") if settings.api_key else None
             self.classify.set_max_batch_size(settings.ray_max_batch_size)

@@ -48,6 +48,7 @@ class ServeSettings:
     api_key: str | None = None  # None: $BUDGETLORA_API_KEY, if set (see `serve`)
     backend: str | None = None  # torch / onnx / onnx-int8; None: the best the folder holds
     threads: int | None = None  # torch / onnxruntime intra-op threads; None: the library's default
+    precision: str = "auto"  # torch backend: auto = bf16 where the CPU/GPU computes it natively, else fp32
     batching: bool = True  # False: one request per model call (the load test's baseline)
     max_batch_tokens: int = 16384  # padded tokens (rows x longest row) per model call
     batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
@@ -414,7 +415,7 @@ def serve(path: str | Path, settings: ServeSettings | None = None) -> None:
     from .predictor import load_predictor
 
     settings = resolve(settings or ServeSettings())
-    predictor = load_predictor(path, settings.backend, threads=settings.threads)
+    predictor = load_predictor(path, settings.backend, threads=settings.threads, precision=settings.precision)
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=settings.graceful_timeout_s)

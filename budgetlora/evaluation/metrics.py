@@ -134,7 +134,7 @@ def predictor_logits(predictor, texts: list[str], chunk_rows: int | None = None,
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = (),
-                 backend: str | None = None, chunk_rows: int | None = None) -> dict:
+                 backend: str | None = None, precision: str = "fp32", chunk_rows: int | None = None) -> dict:
     """Load a finished run or an export folder (`deploy.predictor.load_predictor`, `backend`
     torch / onnx / onnx-int8, None: the folder's best) and compute full metrics on a labelled
     file (or hub split). The file is read whole (metrics need every label); logits are computed
@@ -145,7 +145,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
     from ..deploy.predictor import load_predictor
     from .predict import reading_config
 
-    predictor = load_predictor(run_dir, backend)
+    predictor = load_predictor(run_dir, backend, precision=precision)
     cfg = reading_config(run_dir, data_overrides)
     table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
     labels = encode_labels(table, predictor.label_names)

@@ -121,6 +121,7 @@ def stream_predictions(
     trust_pickle: bool = False,
     data_overrides: list[str] = (),
     backend: str | None = None,
+    precision: str = "fp32",
     chunk_rows: int = CHUNK_ROWS,
     batch_size: int | None = None,
 ) -> PredictionsWritten:
@@ -128,13 +129,13 @@ def stream_predictions(
     `out` atomically, in bounded memory; sharded over the processes of `accelerate launch`.
 
     `run_dir`: a run or export folder; `backend`: torch / onnx / onnx-int8 (None: the folder's
-    best); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    best); `precision`: fp32 / bf16 / auto (torch backend); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
     from ..data import read_table_chunks
     from ..deploy.predictor import load_predictor
     from .shards import current_shard, join_shards, write_shard
 
     out = files.check_new_file(out, overwrite=overwrite)
-    predictor = load_predictor(run_dir, backend)
+    predictor = load_predictor(run_dir, backend, precision=precision)
     cfg = reading_config(run_dir, data_overrides)
     columns = output_columns(predictor.label_names, probabilities=probabilities, label_names_column=label_names_column)
     shard = current_shard()
@@ -179,6 +180,7 @@ def predict_file(
     trust_pickle: bool = False,
     data_overrides: list[str] = (),
     backend: str | None = None,
+    precision: str = "fp32",
     chunk_rows: int = CHUNK_ROWS,
     batch_size: int | None = None,
 ) -> pd.DataFrame:
@@ -188,7 +190,7 @@ def predict_file(
     written = stream_predictions(run_dir, data, out, probabilities=probabilities,
                                  label_names_column=label_names_column, overwrite=overwrite,
                                  trust_pickle=trust_pickle, data_overrides=data_overrides, backend=backend,
-                                 chunk_rows=chunk_rows, batch_size=batch_size)
+                                 precision=precision, chunk_rows=chunk_rows, batch_size=batch_size)
     if not written.main_process:
         return pd.DataFrame()
     return pd.read_csv(written.out, keep_default_na=False)

@@ -1,0 +1,80 @@
+"""What this machine offers a model: the device to infer on, native bf16, and what `auto` picks.
+
+`inference_device()` is the GPU of this process (its LOCAL_RANK's under `accelerate launch`, so
+the shards of a sharded predict spread over the GPUs) or the CPU.
+
+`native_bf16_cpu()` asks the same CPU feature probe torch's own CPU kernels use (cpuinfo, via
+`torch.cpu._is_avx512_bf16_supported` / `_is_amx_tile_supported`): bf16 runs in hardware only
+with AVX512-BF16 or AMX. oneDNN's `_is_mkldnn_bf16_supported` is not used, because it is also
+true on AVX512 CPUs that emulate bf16 (slower than fp32 there). When torch lacks the probe,
+the kernel's flags in /proc/cpuinfo answer.
+
+`choose(requested, device)` turns `auto` into `fp32` or `bf16` and says why, in one line
+a run's log or a server's /info can show.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str  # fp32 / bf16 / fp16
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.precision} ({self.reason})"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as torch's probe sees it."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [p for p in probes if callable(p)]
+    if probes:
+        return any(p() for p in probes)
+    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+
+
+def inference_device() -> str:
+    """"cuda:K" for this process (K = LOCAL_RANK modulo the GPU count) when CUDA is there, else "cpu"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0) or 0) % torch.cuda.device_count()}"
+
+
+def choose(requested: str, device: str) -> Choice:
+    """The precision `requested` (auto / fp32 / bf16 / fp16) means on `device` ("cpu" or "cuda")."""
+    import torch
+
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return Choice(requested, "set in the configuration")
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return Choice("bf16", "auto: the GPU computes bf16 natively")
+        return Choice("fp32", "auto: the GPU has no native bf16")
+    if native_bf16_cpu():
+        return Choice("bf16", "auto: the CPU has native bf16 (avx512_bf16 or amx_bf16)")
+    return Choice("fp32", "auto: the CPU has no native bf16 (no avx512_bf16/amx_bf16), where bf16 is slower than fp32")
