@@ -9,6 +9,8 @@ with `cli` a thin layer over them. In a notebook:
     metrics = train(cfg, "runs/first")
 """
 
+__version__ = "0.1.0"  # first: deploy.export records it, and is imported below
+
 from .adapters.budget import Breakdown, count, plan_from_config
 from .config import Config, load_config, recipe_names
 from .data import train_val_indices
@@ -18,8 +20,8 @@ from .adapters.model import build_model, load_run
 from .adapters.planner import fill, plan
 from .evaluation.predict import predict_file
 from .training.loop import Hooks, train
-
-__version__ = "0.1.0"
+from .deploy.export import export_run
+from .deploy.predictor import load_predictor
 
 __all__ = [
     "Breakdown",
@@ -29,7 +31,9 @@ __all__ = [
     "build_model",
     "count",
     "evaluate_run",
+    "export_run",
     "load_config",
+    "load_predictor",
     "load_run",
     "plan",
     "fill",

@@ -41,6 +41,9 @@ class ModelConfig:
     name: str = "roberta-base"  # hub id or local folder
     max_length: int = field(default=256, metadata={"min": 8})
     tokenizer: str | None = None  # defaults to `name`
+    # attention kernel for training: auto = eager on a CPU in bf16 (measured faster there; see
+    # hardware.attention), the library's default (SDPA) elsewhere
+    attention: str = field(default="auto", metadata=_choice("auto", "sdpa", "eager"))
 
 
 @dataclass

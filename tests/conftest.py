@@ -42,6 +42,9 @@ TINY_TRAIN = [
     "adapter.r=4",
     "train.report=false",  # the report and the tracker cost seconds; trained_run turns them on
     "train.tracker=none",
+    # fp32 everywhere: these tests compare logits exactly across save / reload / processes, and CI's CPU
+    # may or may not have native bf16 (where `auto` would pick bf16); test_mixed_precision.py covers bf16
+    "train.precision=fp32",
 ]
 
 

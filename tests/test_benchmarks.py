@@ -45,6 +45,11 @@ def test_speed_benchmark_smoke(long_tiny_model, synthetic_csv, tmp_path):
     runs = {r["pipeline"]: r for r in report["runs"]}
     assert runs["budgetlora"]["loop_seconds_how"] == "first collate -> first compute_logits (budgetlora Hooks)"
     assert runs["budgetlora"]["padded_tokens"] >= runs["budgetlora"]["tokens"] > 0
-    assert set(runs["budgetlora"]["infer_variants"]) == {"merged", "unmerged"}
+    variants = runs["budgetlora"]["infer_variants"]
+    assert set(variants) == {"auto", "fp32", "onnx-int8"}
+    assert all(v["samples_per_s"] > 0 and 0 <= v["accuracy"] <= 1 for v in variants.values()), variants
+    assert runs["budgetlora"]["precision_used"] in ("fp32", "bf16")
+    assert set(report["peak_tflops"]) == {"fp32", "bf16"} and all(v > 0 for v in report["peak_tflops"].values())
+    assert all(r["mfu"] > 0 for r in report["runs"])
     assert len({r["trainable_params"] for r in report["runs"]}) == 1  # the same model trained everywhere
     assert "| budgetlora |" in done.stdout

@@ -11,7 +11,7 @@ def test_auto_on_a_cpu_is_bf16_only_with_native_bf16(native, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     choice = hardware.choose("auto", "cpu")
-    assert choice.precision == ("bf16" if native else "fp32")
+    assert choice.value == ("bf16" if native else "fp32")
     assert ("has native bf16" if native else "no native bf16") in choice.reason
 
 
@@ -31,8 +31,8 @@ def test_without_torchs_probe_the_kernel_flags_decide(monkeypatch):
 
 
 def test_an_explicit_precision_is_kept_and_an_unknown_one_refused():
-    assert hardware.choose("fp32", "cpu").precision == "fp32"
-    assert hardware.choose("bf16", "cpu").precision == "bf16"
+    assert hardware.choose("fp32", "cpu").value == "fp32"
+    assert hardware.choose("bf16", "cpu").value == "bf16"
     with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, fp16"):
         hardware.choose("int4", "cpu")
 

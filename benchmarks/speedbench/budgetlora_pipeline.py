@@ -1,5 +1,6 @@
 """budgetlora: `budgetlora.train` with recipe r6-qkv-a24 and the spec's batch size, grouping and
-precision (its own loop: dynamic padding, its length grouping, bf16 autocast on a GPU).
+precision (its own loop: dynamic padding, its length grouping, `train.precision=auto`: bf16 where
+the CPU or GPU computes it natively).
 
 The loop is timed from outside through budgetlora's public `Hooks`: the first batch it collates
 starts the clock, the first evaluation after the last step (eval_every = steps) stops it, and
@@ -112,5 +113,7 @@ def run_budgetlora(spec: Spec, args, model_path: str, split: dict, seed: int, wo
         "infer_variants": infer,
         "infer_how": first["how"],
         "device": res.get("device"),
+        "precision_used": res.get("precision"),
+        "attention": res.get("attention"),
         "wall_seconds": wall,
     }

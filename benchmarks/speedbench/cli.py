@@ -88,6 +88,7 @@ def run_pipeline(spec: Spec, args, model_path: str, split: dict, seed: int, repe
     with MemoryMeter() as meter, LoadMeter() as load:
         runner = run_trainer if spec.kind == "trainer" else run_budgetlora
         r = runner(spec, args, model_path, split, seed, workdir, meter)
+    r.setdefault("precision_used", spec.precision)  # budgetlora's `auto` says what it chose
     r.update(pipeline=spec.name, seed=seed, repeat=repeat, batch_size=spec.batch_size, precision=spec.precision,
              pad_to_max=spec.pad_to_max, group_by_length=spec.group_by_length, lora_dropout=spec.dropout,
              peak_mem_train_mib=meter.marks.get("train"), peak_mem_pipeline_mib=meter.marks.get("pipeline"),
@@ -95,7 +96,7 @@ def run_pipeline(spec: Spec, args, model_path: str, split: dict, seed: int, repe
     return r, meter.kind
 
 
-def run_all(args, specs: list[Spec], model_path: str, workdir: Path, peak_flops: float | None) -> tuple[list, str, int]:
+def run_all(args, specs: list[Spec], model_path: str, workdir: Path, peak_flops: dict) -> tuple[list, str, int]:
     """Every seed, then --repeat interleaved rounds of the pipeline list: (runs, memory measure,
     encoder non-embedding parameters)."""
     runs, mem_kind, n_enc = [], None, None
@@ -110,7 +111,7 @@ def run_all(args, specs: list[Spec], model_path: str, workdir: Path, peak_flops:
             n_enc = r.get("encoder_nonembedding_params", n_enc)
             if n_enc is None:  # a budgetlora-only run: count from the config, cheaply
                 n_enc = count_encoder_params(model_path, len(split["label_names"]))
-            derive(r, peak_flops, 4 * n_enc)
+            derive(r, peak_flops.get(r["precision_used"]), 4 * n_enc)
             runs.append(r)
             log(f"{spec.name}: loop {fmt(r['loop_samples_per_s'])} samples/s, step {fmt(r['step_samples_per_s'])}, "
                 f"{fmt(r['loop_tokens_per_s'], '{:.0f}')} tokens/s, val acc {r['val_accuracy']:.4f}, "
@@ -132,12 +133,14 @@ def main(argv=None) -> int:
         os.environ["BUDGETLORA_CACHE"] = str(workdir / "cache")  # and a fresh one per budgetlora run
     quiet_libraries(args.threads)
     specs = [parse_spec(s) for s in args.pipelines.split(",") if s.strip()]
-    peak = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else default_peak_tflops()
+    peak = ({"fp32": args.peak_tflops, "bf16": args.peak_tflops}, "--peak-tflops") if args.peak_tflops \
+        else default_peak_tflops()
     device = device_name()
     log(f"device: {device}; peak {peak[1]}")
     model_path, model_info = prepare_model(args, workdir)
     try:
-        runs, mem_kind, n_enc = run_all(args, specs, model_path, workdir, peak[0] and peak[0] * 1e12)
+        runs, mem_kind, n_enc = run_all(args, specs, model_path, workdir,
+                                        {k: v * 1e12 for k, v in peak[0].items() if v})
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -1,10 +1,9 @@
 """Inference: predict the validation rows with the trained model, tokenisation excluded.
-Trainer pipelines: Trainer.predict. budgetlora: load_run (merged LoRA, and unmerged) and
-compute_logits over budgetlora.data.tokenize ids (length-sorted batches)."""
+Trainer pipelines: Trainer.predict. budgetlora: `load_predictor` (merged weights; precision auto
+and fp32; the ONNX int8 export on a CPU), length-sorted batches."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -43,46 +42,43 @@ def trainer_predict(trainer, val_ds, split: dict, spec: Spec, args) -> dict:
     }
 
 
-def bf16_autocast(spec: Spec):
-    """The autocast budgetlora.train evaluates under: bf16 on a GPU, none otherwise."""
-    import torch
-
-    if spec.precision == "bf16" and cuda():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return None
-
-
 def budgetlora_predict(out_dir: Path, split: dict, spec: Spec, args) -> dict:
-    """{variant: figures} for the saved run: "merged" and "unmerged" where load_run can merge."""
-    from budgetlora import load_run
+    """{variant: figures} for the saved run through budgetlora's public inference path
+    (`load_predictor`): "auto" first (bf16 where the hardware has it: what `serve` runs), then
+    "fp32" (what `predict` runs by default), then the ONNX int8 export on a CPU."""
+    from budgetlora import load_predictor
 
-    variants = {"default": {}}
-    if "merge" in inspect.signature(load_run).parameters:  # newer budgetlora merges LoRA into the weights
-        variants = {"merged": {"merge": True}, "unmerged": {"merge": False}}
-    return {label: predict_loaded_run(out_dir, kw, split, spec, args) for label, kw in variants.items()}
+    variants = {"auto": lambda: load_predictor(out_dir, precision="auto"),
+                "fp32": lambda: load_predictor(out_dir, precision="fp32")}
+    if not cuda():
+        variants["onnx-int8"] = lambda: int8_predictor(out_dir)
+    figures = {}
+    for label, load in variants.items():
+        try:
+            figures[label] = predict_with(load(), split, args)
+        except Exception as e:  # noqa: BLE001 -- one variant failing must not lose the others' figures
+            figures[label] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return figures
 
 
-def predict_loaded_run(out_dir: Path, load_kw: dict, split: dict, spec: Spec, args) -> dict:
-    import torch
+def int8_predictor(out_dir: Path):
+    from budgetlora import export_run, load_predictor
 
-    from budgetlora import load_run
-    from budgetlora.data import tokenize
-    from budgetlora.evaluation.metrics import compute_logits, pad_id_of
+    folder = out_dir.with_name(out_dir.name + "-export")
+    export_run(out_dir, folder, ["hf", "onnx", "onnx-int8"], overwrite=True, log=lambda m: None)
+    return load_predictor(folder, backend="onnx-int8")
 
-    autocast = bf16_autocast(spec)
-    model, tokenizer, run_cfg, _ = load_run(out_dir, **load_kw)
-    model.to(torch.device("cuda" if cuda() else "cpu"))
-    ids = tokenize(split["val_texts"], tokenizer, run_cfg.model.max_length)  # cached by train(): not timed
-    pad_id = pad_id_of(tokenizer)
-    compute_logits(model, ids[:8], args.eval_batch_size, pad_id, autocast)  # warm-up
+
+def predict_with(predictor, split: dict, args) -> dict:
+    ids = predictor.encode(split["val_texts"])  # tokenising is not timed (nor is it for Trainer.predict)
+    predictor.logits(ids[:8], args.eval_batch_size)  # warm-up
     sync()
     with LoadMeter() as infer_load:
         t0 = time.perf_counter()
-        logits = compute_logits(model, ids, args.eval_batch_size, pad_id, autocast)
+        logits = predictor.logits(ids, args.eval_batch_size)
         sync()
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "samples_per_s": len(ids) / seconds, "other_load_cores": infer_load.other_cores,
             "accuracy": float((logits.argmax(-1) == split["val_labels"]).mean()),
-            "how": f"load_run({', '.join(f'{k}={v}' for k, v in load_kw.items())}) + compute_logits, "
-                   f"batch {args.eval_batch_size}, length-sorted dynamic padding"
-                   + (", bf16 autocast" if autocast else "")}
+            "how": f"load_predictor backend {predictor.backend}, precision {predictor.precision}, "
+                   f"batch {args.eval_batch_size}, length-sorted dynamic padding"}

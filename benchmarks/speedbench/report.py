@@ -39,7 +39,8 @@ def mean(values):
 def pipeline_row(name: str, rs: list[dict]) -> dict:
     """The mean over one pipeline's runs (seeds and repeats)."""
     row = {"pipeline": name, "seeds": [r["seed"] for r in rs], "batch_size": rs[0]["batch_size"],
-           "precision": rs[0]["precision"], "group_by_length": rs[0]["group_by_length"],
+           "precision": rs[0]["precision"], "precision_used": rs[0].get("precision_used"),
+           "attention": rs[0].get("attention"), "group_by_length": rs[0]["group_by_length"],
            "pad_to_max": rs[0]["pad_to_max"], "lora_dropout": rs[0]["lora_dropout"],
            "steps": rs[0]["steps"], "samples": rs[0]["samples"]}
     for key in MEAN_KEYS:
@@ -62,7 +63,7 @@ def summarise(runs: list[dict]) -> dict:
     for r in runs:
         by_name.setdefault(r["pipeline"], []).append(r)
     summary = {name: pipeline_row(name, rs) for name, rs in by_name.items()}
-    for ref in ("trainer-tuned", "trainer-published"):
+    for ref in ("trainer-tuned", "trainer-published", "trainer-tuned+bf16"):
         if ref in summary:
             for row in summary.values():
                 for key in ("loop_samples_per_s", "step_samples_per_s", "infer_samples_per_s"):
@@ -77,17 +78,20 @@ def fmt(v, spec="{:.1f}"):
 
 def training_table(summary: dict) -> list[str]:
     head = ["pipeline", "batch", "prec", "group", "pad %", "steps", "samples", "loop smp/s", "step smp/s", "tok/s", "MFU",
-            "peak mem MiB", "loop s", "wall s", "val acc", "x tuned", "x published", "infer smp/s", "infer x tuned", "other load"]
+            "peak mem MiB", "loop s", "wall s", "val acc", "x tuned", "x tuned bf16", "x published", "infer smp/s", "infer x tuned", "other load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for s in summary.values():
         spread = f" ({s['loop_samples_per_s_min']:.1f}-{s['loop_samples_per_s_max']:.1f})" if s["runs"] > 1 else ""
-        cells = [s["pipeline"], str(s["batch_size"]), s["precision"], "yes" if s["group_by_length"] else "no",
+        used = s.get("precision_used") or s["precision"]
+        precision = used if used == s["precision"] else f"{s['precision']}={used}"
+        cells = [s["pipeline"], str(s["batch_size"]), precision, "yes" if s["group_by_length"] else "no",
                  fmt(s["padding_share"] and 100 * s["padding_share"], "{:.0f}"), str(s["steps"]), str(s["samples"]),
                  fmt(s["loop_samples_per_s"]) + spread,
                  fmt(s["step_samples_per_s"]), fmt(s["loop_tokens_per_s"], "{:.0f}"),
                  fmt(s["mfu"] and 100 * s["mfu"], "{:.1f}%"), fmt(s["peak_mem_train_mib"], "{:.0f}"),
                  fmt(s["loop_seconds"]), fmt(s["wall_seconds"]), fmt(s["val_accuracy"], "{:.4f}"),
                  fmt(s.get("loop_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
+                 fmt(s.get("loop_samples_per_s_x_trainer-tuned+bf16"), "{:.2f}x"),
                  fmt(s.get("loop_samples_per_s_x_trainer-published"), "{:.2f}x"),
                  fmt(s["infer_samples_per_s"]), fmt(s.get("infer_samples_per_s_x_trainer-tuned"), "{:.2f}x"),
                  fmt(s["train_other_load_cores"], "{:.2f}")]

@@ -16,7 +16,7 @@ class Spec:
     name: str
     kind: str  # "trainer" or "budgetlora"
     batch_size: int
-    precision: str  # "fp32" or "bf16"
+    precision: str  # "fp32" or "bf16"; budgetlora also "auto"
     pad_to_max: bool
     group_by_length: bool
     dropout: float
@@ -37,8 +37,8 @@ def base_spec(text: str, base: str) -> Spec:
         return Spec(text, "trainer", 16, "fp32", True, False, LORA["dropout"])
     if base == "trainer-tuned":
         return Spec(text, "trainer", 32, bf16_default, False, True, LORA["dropout"])
-    if base == "budgetlora":
-        return Spec(text, "budgetlora", 32, bf16_default, False, budgetlora_groups_by_default(), LORA["dropout"])
+    if base == "budgetlora":  # its own default: auto, i.e. bf16 where the hardware has it
+        return Spec(text, "budgetlora", 32, "auto", False, budgetlora_groups_by_default(), LORA["dropout"])
     raise SystemExit(f"unknown pipeline {base!r}; choose {', '.join(BASES)} (+modifiers)")
 
 

@@ -98,12 +98,14 @@ def load_tokenizer(name: str):
         raise _model_error(name, e) from None
 
 
-def load_backbone(name: str, label_names: list[str], *, meta: bool = False, quantization=None) -> nn.Module:
+def load_backbone(name: str, label_names: list[str], *, meta: bool = False, quantization=None,
+                  attention: str | None = None) -> nn.Module:
     """An AutoModelForSequenceClassification for len(label_names) classes.
 
     meta=True builds it from config.json alone on the meta device (no weights read or
     downloaded): shapes, names and parameter counts are exact, values do not exist.
     `quantization`: a transformers quantization config (QLoRA's 4-bit base).
+    `attention`: transformers' attn_implementation ("eager", "sdpa"); None: the library's default.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -122,6 +124,8 @@ def load_backbone(name: str, label_names: list[str], *, meta: bool = False, quan
         # ignore_mismatched_sizes: a checkpoint that already has a head for another number of
         # classes gets a fresh head of the right shape, as for a bare encoder
         extra = {"quantization_config": quantization} if quantization is not None else {}
+        if attention is not None:
+            extra["attn_implementation"] = attention
         return AutoModelForSequenceClassification.from_pretrained(
             name, config=config, dtype=torch.float32, ignore_mismatched_sizes=True, **extra
         )
@@ -448,15 +452,17 @@ def bias_layernorms(model: nn.Module, a) -> list[str]:
     return [n for n in encoder_layernorms(model, a.layers, a.top_layers) if model.get_submodule(n).bias is not None]
 
 
-def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, total_steps: int | None = None):
+def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, total_steps: int | None = None,
+                attention: str | None = None):
     """The budgeted PEFT model: frozen encoder + adapter + trainable head (cfg.head.type).
 
     total_steps: the training length (AdaLoRA schedules its rank allocation over it).
+    attention: the attention kernel (`hardware.attention`); None: the library's default.
     """
     spec = method_spec(cfg.adapter.method)
     torch.manual_seed(cfg.train.seed)  # the head's initial weights
     quantization = spec.quantization() if spec.quantization is not None and not meta else None
-    backbone = load_backbone(cfg.model.name, label_names, meta=meta, quantization=quantization)
+    backbone = load_backbone(cfg.model.name, label_names, meta=meta, quantization=quantization, attention=attention)
     head = prepare_head(backbone, cfg.head.type)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
@@ -473,6 +479,30 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
     if keeps_originals:
         methods.keep_initial_adapter(model)
     return model
+
+
+def store_frozen_encoder_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen floating-point weights of the encoder in `dtype` once, so autocast does not
+    cast them again every step; adapter and head weights (trainable, a head's saved base weights,
+    and any module with a trainable part, since the adapter saves it whole) stay fp32. PEFT's own cast of each adapter's input to its fp32 weights is
+    turned off, since autocast already runs the adapter in `dtype`. Returns the weights stored."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = tuple(f"{n}." for n in head_modules(base))
+    stored = 0
+    for module_name, module in base.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if any(p.requires_grad for _, p in own) or f"{module_name}.".startswith(keep):
+            continue  # a module with a trainable part is saved whole (e.g. BitFit's LayerNorm): kept exact
+        for _, param in own:
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                stored += 1
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+    return stored
 
 
 # ---------------------------------------------------------------- saving and loading a run

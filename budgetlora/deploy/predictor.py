@@ -129,7 +129,7 @@ def _in_precision(model, precision: str):
 
     if any(p.dtype not in (torch.float32, torch.bfloat16, torch.float16) for p in model.parameters()):
         return model, "quantized"  # a QLoRA base stays in the format it was trained on
-    chosen = choose(precision, next(model.parameters()).device.type).precision
+    chosen = choose(precision, next(model.parameters()).device.type).value
     if chosen == "bf16":
         model = model.to(torch.bfloat16)
     return model, chosen

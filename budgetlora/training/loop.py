@@ -5,7 +5,8 @@ setup (data, budgeted model, run directory, optimiser, a checkpoint to resume) -
 -> finish (the best checkpoint restored and measured in full, final metrics, the report).
 
 What the loop carries from step to step and a checkpoint saves is one definition, `TrainState`.
-Accelerate owns the device, the processes and mixed precision (bf16 autocast on a GPU). The
+Accelerate owns the device, the processes and mixed precision (bf16 autocast where the CPU or GPU
+computes bf16 natively, chosen by `hardware.choose`; frozen encoder weights stored in bf16). The
 batching is ours (dynamic padding over pre-tokenised rows, order a pure function of seed and
 epoch) because that is what lets a killed run resume exactly where it stopped. The run directory
 (its files, its owner, --overwrite, checkpoints) is `rundir`'s.
@@ -14,6 +15,7 @@ epoch) because that is what lets a killed run resume exactly where it stopped. T
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -24,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import rundir
+from .. import hardware, rundir
 from ..adapters import budget, methods
-from ..adapters.model import build_model, check_max_length, load_tokenizer, save_adapter, trainable_state
+from ..adapters.model import (build_model, check_max_length, load_tokenizer, save_adapter, store_frozen_encoder_in,
+                              trainable_state)
 from ..config import Config
 from ..data import (check_training_classes, collate, encode_labels, epoch_batches, infer_label_names, read_table,
                     tokenize, train_val_indices)
@@ -172,10 +175,14 @@ class Recipe:
         self.plan, self.out, self.hooks, self.trust_pickle = plan, plan.work, hooks, trust_pickle
         self.cfg, self.saved = self._config_and_checkpoint(cfg, log)
         self.t_start = time.time()
-        self.accelerator = _accelerator(self.cfg.train.precision,
+        self.precision = hardware.choose(self.cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
+        self.accelerator = _accelerator(self.precision.value,
                                         **tracking.accelerator_kwargs(self.cfg.train.tracker, self.out))
         self.main = self.accelerator.is_main_process
         self.log = log if self.main else _silent
+        self.attention = hardware.attention(self.cfg.model.attention, self.accelerator.device.type,
+                                            self.precision.value)
+        self.log(f"precision {self.precision}; attention {self.attention}")
 
     def _config_and_checkpoint(self, cfg: Config | None, log) -> tuple[Config, dict | None]:
         """The config to train and the checkpoint to resume (read, and refused if corrupt, before any work)."""
@@ -210,6 +217,8 @@ class Recipe:
             rundir.create(self.plan, cfg.to_yaml(), self.data.label_names, self.breakdown.to_dict())
         accelerator.wait_for_everyone()
         self.model.to(accelerator.device)
+        if self.precision.value in ("bf16", "fp16"):  # after counting: the budget counts fp32 weights
+            store_frozen_encoder_in(self.model, torch.bfloat16 if self.precision.value == "bf16" else torch.float16)
         self.optimizer = _optimizer(cfg, self.model)
         self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps)
         self.state = self._restore()
@@ -268,7 +277,9 @@ class Recipe:
     def _setup_model(self):
         """The budgeted model and its exact breakdown; over budget is refused here."""
         cfg = self.cfg
-        model = build_model(cfg, self.data.label_names, total_steps=self.total_steps)  # AdaLoRA schedules over it
+        attention = None if self.attention.value == "default" else self.attention.value
+        model = build_model(cfg, self.data.label_names, total_steps=self.total_steps,  # AdaLoRA schedules over it
+                            attention=attention)
         breakdown = budget.count(model, cfg.budget.max_trainable)
         self.log(f"trainable parameters ({cfg.model.name}, {cfg.adapter.method} r={cfg.adapter.r}):\n{breakdown.table()}")
         budget.check(breakdown, cfg.budget.max_trainable)
@@ -488,6 +499,7 @@ class Recipe:
             "train_samples_per_s": state.samples_per_s(),
             "train_tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
             "wall_seconds": time.time() - self.t_start, "device": str(self.accelerator.device),
+            "precision": self.precision.value, "attention": self.attention.value,
             "processes": self.accelerator.num_processes,
             "val": full_metrics(state.best_val_logits, data.y_val, data.label_names, seed=cfg.train.seed),
         }
@@ -502,14 +514,21 @@ class Recipe:
 
 
 def _accelerator(precision: str, **tracking_kwargs):
+    """Accelerate in `precision` (fp32 / bf16 / fp16, already chosen by hardware.choose)."""
     from accelerate import Accelerator
 
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    from accelerate.state import AcceleratorState
+
+    mixed = "no" if precision == "fp32" else precision
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed) and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        # Accelerate keeps one process-wide state and refuses another precision in the same
+        # process (a notebook, a sweep: a bf16 run, then an fp32 one); it has no public reset, so
+        # the per-precision part is cleared the way its own tests do, keeping the process state
+        AcceleratorState._reset_state()
     # cpu=True on a machine without CUDA lets several launched processes train data-parallel
     # over gloo (Accelerate only picks MULTI_CPU when told it is on the CPU)
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available(),
-                       **tracking_kwargs)
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), **tracking_kwargs)
 
 
 def _optimizer(cfg: Config, model):
