@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Accuracy parity: budgetlora against the tuned Trainer + PEFT reference, several seeds.
+"""Accuracy parity: budgetlora against the tuned Trainer + PEFT reference, several seeds, and
+budgetlora's precisions against each other (`--precisions auto,fp32`: bf16 where the CPU has
+native bf16, against fp32).
 
 Same model, rows, split, initial weights and recipe as benchmarks/speed.py (LoRA r=6, alpha=24,
 dropout 0.1 on q,k,v; the model's own head trained fully; AdamW lr 2e-4, wd 0.01, linear
@@ -87,16 +89,19 @@ def trainer_curve(args, model_path: str, split: dict, seed: int, workdir: Path, 
     return clock.points
 
 
-def budgetlora_curve(args, model_path: str, seed: int, workdir: Path, steps: int) -> list[dict]:
+def budgetlora_curve(args, model_path: str, seed: int, workdir: Path, steps: int,
+                     precision: str) -> tuple[list[dict], str]:
+    """(the evaluations, the precision `precision` resolved to)."""
     from budgetlora import train
 
     cfg = budgetlora_config(parse_spec("budgetlora"), args, model_path, seed, steps)
     cfg.train.eval_every = args.eval_every  # evaluations as the Trainer's; one at the last step too
-    out = workdir / f"budgetlora-{seed}"
-    train(cfg, out, overwrite=True, log=lambda m: None)
+    cfg.train.precision = precision
+    out = workdir / f"budgetlora-{seed}-{precision}"
+    used = train(cfg, out, overwrite=True, log=lambda m: None)["precision"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{"step": r["step"], "train_seconds": r["train_seconds"], "val_accuracy": r["val_accuracy"]}
-            for r in records]
+            for r in records], used
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -122,6 +127,8 @@ def parse_args(argv):
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--precisions", default="auto,fp32",
+                   help="budgetlora's train.precision values to run (default auto,fp32; the first is the headline)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     args.max_steps = None  # steps_for reads these
@@ -138,16 +145,18 @@ def run_seed(args, seed: int, workdir: Path) -> dict:
         f"{steps} steps, evaluation every {args.eval_every}")
     ref = trainer_curve(args, args.model, split, seed, workdir, steps)
     release_memory()
-    ours = budgetlora_curve(args, args.model, seed, workdir, steps)
-    release_memory()
     target = ref[-1]["val_accuracy"]
-    row = {"seed": seed, "steps": steps, "trainer_final": target, "budgetlora_final": ours[-1]["val_accuracy"],
-           "trainer_train_seconds": ref[-1]["train_seconds"], "budgetlora_train_seconds": ours[-1]["train_seconds"],
-           "trainer_time_to_ref": time_to(ref, target), "budgetlora_time_to_ref": time_to(ours, target),
-           "trainer_curve": ref, "budgetlora_curve": ours}
-    log(f"seed {seed}: trainer {target:.4f} in {row['trainer_train_seconds']:.1f}s, budgetlora "
-        f"{row['budgetlora_final']:.4f} in {row['budgetlora_train_seconds']:.1f}s; time to {target:.4f}: "
-        f"{row['trainer_time_to_ref']} vs {row['budgetlora_time_to_ref']}")
+    row = {"seed": seed, "steps": steps, "trainer_final": target, "trainer_train_seconds": ref[-1]["train_seconds"],
+           "trainer_time_to_ref": time_to(ref, target), "trainer_curve": ref, "budgetlora": {}}
+    for precision in args.precisions.split(","):
+        ours, used = budgetlora_curve(args, args.model, seed, workdir, steps, precision)
+        release_memory()
+        row["budgetlora"][precision] = {"precision_used": used, "final": ours[-1]["val_accuracy"],
+                                        "train_seconds": ours[-1]["train_seconds"],
+                                        "time_to_ref": time_to(ours, target), "curve": ours}
+        log(f"seed {seed}: trainer {target:.4f} in {row['trainer_train_seconds']:.1f}s, budgetlora {precision}={used} "
+            f"{ours[-1]['val_accuracy']:.4f} in {ours[-1]['train_seconds']:.1f}s; time to {target:.4f}: "
+            f"{row['trainer_time_to_ref']} vs {time_to(ours, target)}")
     return row
 
 
@@ -156,19 +165,34 @@ def fmt_s(v):
 
 
 def format_table(rows: list[dict], device: str, model: str) -> str:
+    precisions = list(rows[0]["budgetlora"])
+    head = ["seed", "Trainer (tuned) val acc", "Trainer train s", "Trainer s to its final acc"]
+    for p in precisions:
+        used = rows[0]["budgetlora"][p]["precision_used"]
+        name = f"budgetlora {p}" + (f"={used}" if used != p else "")
+        head += [f"{name} val acc", "diff vs Trainer (points)", "train s", "s to the Trainer's final acc"]
     lines = [f"Device: {device}. Model: {model}. {len(rows[0]['trainer_curve'])} evaluations per run.", "",
-             "| seed | Trainer (tuned) val acc | budgetlora val acc | diff (points) | Trainer train s | budgetlora train s "
-             "| time to the Trainer's final acc: Trainer s | budgetlora s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['trainer_final']:.4f} | {r['budgetlora_final']:.4f} | "
-                     f"{100 * (r['budgetlora_final'] - r['trainer_final']):+.2f} | {r['trainer_train_seconds']:.1f} | "
-                     f"{r['budgetlora_train_seconds']:.1f} | {fmt_s(r['trainer_time_to_ref'])} | "
-                     f"{fmt_s(r['budgetlora_time_to_ref'])} |")
-    diffs = [100 * (r["budgetlora_final"] - r["trainer_final"]) for r in rows]
-    lines.append(f"| mean | {mean_std([r['trainer_final'] for r in rows])} | {mean_std([r['budgetlora_final'] for r in rows])} "
-                 f"| {statistics.mean(diffs):+.2f} | {statistics.mean(r['trainer_train_seconds'] for r in rows):.1f} | "
-                 f"{statistics.mean(r['budgetlora_train_seconds'] for r in rows):.1f} | | |")
+        cells = [str(r["seed"]), f"{r['trainer_final']:.4f}", f"{r['trainer_train_seconds']:.1f}",
+                 fmt_s(r["trainer_time_to_ref"])]
+        for p in precisions:
+            b = r["budgetlora"][p]
+            cells += [f"{b['final']:.4f}", f"{100 * (b['final'] - r['trainer_final']):+.2f}", f"{b['train_seconds']:.1f}",
+                      fmt_s(b["time_to_ref"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["mean", mean_std([r["trainer_final"] for r in rows]),
+             f"{statistics.mean(r['trainer_train_seconds'] for r in rows):.1f}", ""]
+    for p in precisions:
+        finals = [r["budgetlora"][p]["final"] for r in rows]
+        cells += [mean_std(finals), f"{100 * statistics.mean(f - r['trainer_final'] for f, r in zip(finals, rows)):+.2f}",
+                  f"{statistics.mean(r['budgetlora'][p]['train_seconds'] for r in rows):.1f}", ""]
+    lines.append("| " + " | ".join(cells) + " |")
+    if len(precisions) > 1:
+        a, b = precisions[:2]
+        diffs = [100 * (r["budgetlora"][a]["final"] - r["budgetlora"][b]["final"]) for r in rows]
+        lines += ["", f"budgetlora {a} - {b}: {', '.join(f'{d:+.2f}' for d in diffs)} points "
+                      f"(mean {statistics.mean(diffs):+.2f}, largest {max(diffs, key=abs):+.2f})"]
     return "\n".join(lines)
 
 
@@ -189,7 +213,8 @@ def main(argv=None) -> int:
     table = format_table(rows, device, args.model)
     print(table)
     if args.json:
-        diffs = [100 * (r["budgetlora_final"] - r["trainer_final"]) for r in rows]
+        first = args.precisions.split(",")[0]
+        diffs = [100 * (r["budgetlora"][first]["final"] - r["trainer_final"]) for r in rows]
         report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device,
                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                "transformers": transformers.__version__, "peft": peft.__version__},
