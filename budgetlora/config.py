@@ -26,6 +26,7 @@ from typing import Any, Union
 
 import yaml
 
+from .hardware import PRECISIONS
 from .adapters.registry import METHODS, method_spec
 from .errors import UserError, first_line
 
@@ -123,7 +124,7 @@ class TrainConfig:
     early_stopping_patience: int | None = field(default=2, metadata={"min": 1})  # None: off
     metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))
     seed: int = 42
-    precision: str = field(default="auto", metadata=_choice("auto", "fp32", "bf16", "fp16"))
+    precision: str = field(default="auto", metadata=_choice(*PRECISIONS))
     progress: bool = True
     # reporting: a tracker for the metrics (Accelerate), a light per-step log, the run report
     tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))

@@ -33,7 +33,9 @@ def cpu_clock_ghz() -> float | None:
 
 
 def cpu_flags() -> set[str]:
-    return set((cpuinfo_value("flags") or "").split())
+    from budgetlora.hardware import cpu_flags as kernel_flags
+
+    return kernel_flags()
 
 
 def device_name() -> str:

@@ -483,9 +483,10 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
 
 def store_frozen_encoder_in(model: nn.Module, dtype: torch.dtype) -> int:
     """Store the frozen floating-point weights of the encoder in `dtype` once, so autocast does not
-    cast them again every step; adapter and head weights (trainable, a head's saved base weights,
-    and any module with a trainable part, since the adapter saves it whole) stay fp32. PEFT's own cast of each adapter's input to its fp32 weights is
-    turned off, since autocast already runs the adapter in `dtype`. Returns the weights stored."""
+    cast them again every step. Adapter and head weights (trainable, a head's saved base weights,
+    and any module with a trainable part, since the adapter saves it whole) stay fp32. PEFT's cast
+    of each adapter's input to its fp32 weights is turned off: autocast already runs the adapter
+    in `dtype`. Returns how many weights were stored."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
