@@ -42,9 +42,14 @@ class ModelConfig:
     name: str = "roberta-base"  # hub id or local folder
     max_length: int = field(default=256, metadata={"min": 8})
     tokenizer: str | None = None  # defaults to `name`
-    # attention kernel for training: auto = eager on a CPU in bf16 (measured faster there; see
-    # hardware.attention), the library's default (SDPA) elsewhere
+    # attention kernel for training: auto = eager on a CPU (with train.fast_dropout, measured
+    # faster than SDPA there in fp32 and bf16; see hardware.attention), the library's default
+    # (SDPA) on a GPU
     attention: str = field(default="auto", metadata=_choice("auto", "sdpa", "eager"))
+    # dropout inside the pretrained encoder (embeddings, attention, hidden; not the head's, not
+    # the adapter's): null = the model's own config (0.1 for BERT/RoBERTa/MPNet); 0 = none, which
+    # saves drawing a mask per layer and step
+    encoder_dropout: float | None = field(default=None, metadata={"min": 0, "max": 1})
 
 
 @dataclass
@@ -125,6 +130,9 @@ class TrainConfig:
     metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))
     seed: int = 42
     precision: str = field(default="auto", metadata=_choice(*PRECISIONS))
+    # on a CPU, dropout masks from numpy's PCG64 instead of torch's serial generator: the same
+    # dropout, 4x cheaper to draw (budgetlora/training/fast_dropout.py); GPUs keep torch's
+    fast_dropout: bool = True
     progress: bool = True
     # reporting: a tracker for the metrics (Accelerate), a light per-step log, the run report
     tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))

@@ -69,13 +69,26 @@ def attention(requested: str, device: str, precision: str) -> Choice:
 
     Measured (docs/speed.md): on CPUs, SDPA's flash-attention backward in bf16 costs more than
     the eager softmax(QK^T)V it replaces (MiniLM-L6, batch 32 x 52 tokens: 342 vs 195 ms a
-    step), while in fp32 the two are equal; on GPUs SDPA is the faster one.
+    step); in fp32 the two are equal, and with dropout SDPA draws torch's slow CPU masks while
+    eager attention draws budgetlora's fast ones (training/fast_dropout.py). On GPUs SDPA is
+    the faster one.
     """
     if requested != "auto":
         return Choice(requested, "set in the configuration")
-    if device == "cpu" and precision in ("bf16", "fp16"):
+    if device == "cpu":
         return Choice("eager", f"auto: on a CPU in {precision}, eager attention trains faster than SDPA")
     return Choice("default", "auto: the library's default (SDPA where the model has it)")
+
+
+# On a CPU, a forward pass of more than about 2,000 tokens (rows x padded length) only spills
+# the caches: MiniLM-L6 inference on AG News rows ran 1.4-1.6x faster with batches capped at
+# 512-4,096 tokens than at 128 rows (docs/speed.md). GPUs want the whole batch.
+CPU_BATCH_TOKENS = 2048
+
+
+def inference_batch_tokens(device: str) -> int | None:
+    """The most tokens one inference forward pass should hold on `device` (None: no cap)."""
+    return CPU_BATCH_TOKENS if device == "cpu" else None
 
 
 def choose(requested: str, device: str) -> Choice:

@@ -464,6 +464,8 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
     quantization = spec.quantization() if spec.quantization is not None and not meta else None
     backbone = load_backbone(cfg.model.name, label_names, meta=meta, quantization=quantization, attention=attention)
     head = prepare_head(backbone, cfg.head.type)
+    if cfg.model.encoder_dropout is not None:
+        set_encoder_dropout(backbone, cfg.model.encoder_dropout)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -479,6 +481,19 @@ def build_model(cfg: Config, label_names: list[str], *, meta: bool = False, tota
     if keeps_originals:
         methods.keep_initial_adapter(model)
     return model
+
+
+def set_encoder_dropout(backbone: nn.Module, p: float) -> int:
+    """Set the drop probability of every dropout inside the encoder: the base model less its
+    pooler (the head's dropout stays; called before the adapters exist, so theirs are not
+    touched). transformers' attention reads its module's `p` too. Returns how many were set."""
+    encoder = getattr(backbone, backbone.base_model_prefix)
+    changed = 0
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.Dropout) and name.split(".")[0] != "pooler":
+            module.p = p
+            changed += 1
+    return changed
 
 
 def store_frozen_encoder_in(model: nn.Module, dtype: torch.dtype) -> int:

@@ -90,8 +90,17 @@ def epoch_batches(n: int, seed: int, epoch: int, lengths: np.ndarray | None, bat
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(token_ids: list[np.ndarray], batch_size: int, pad_id: int, labels: np.ndarray | None = None):
-    """Batches sorted by length (little padding); each Batch.index says which rows it holds."""
-    order = np.argsort([len(t) for t in token_ids], kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield collate(token_ids, order[start : start + batch_size], pad_id, labels)
+def eval_batches(token_ids: list[np.ndarray], batch_size: int, pad_id: int, labels: np.ndarray | None = None,
+                 max_tokens: int | None = None):
+    """Batches sorted by length (little padding); each Batch.index says which rows it holds.
+    max_tokens caps rows x padded length of a batch (at least one row per batch)."""
+    lengths = np.array([len(t) for t in token_ids])
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        end = min(start + batch_size, len(order))
+        if max_tokens is not None:  # sorted ascending: the last row's length is the padded length
+            fits = np.flatnonzero(lengths[order[start:end]] * np.arange(1, end - start + 1) <= max_tokens)
+            end = start + max(1, int(fits[-1]) + 1 if len(fits) else 1)
+        yield collate(token_ids, order[start:end], pad_id, labels)
+        start = end

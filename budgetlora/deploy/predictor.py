@@ -213,6 +213,7 @@ def _onnx_logits(model_file: Path, threads: int | None):
     import onnxruntime as ort
 
     from ..data import eval_batches
+    from ..hardware import inference_batch_tokens
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0) or 0)
@@ -223,7 +224,7 @@ def _onnx_logits(model_file: Path, threads: int | None):
 
     def run(token_ids, batch_size):
         out = None
-        for batch in eval_batches(token_ids, batch_size, run.pad_id):
+        for batch in eval_batches(token_ids, batch_size, run.pad_id, max_tokens=inference_batch_tokens("cpu")):
             logits = session.run(["logits"], {"input_ids": batch.input_ids.numpy(),
                                               "attention_mask": batch.attention_mask.numpy()})[0]
             if out is None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import eval_batches
+from ..hardware import inference_batch_tokens
 
 
 def pad_id_of(tokenizer) -> int:
@@ -26,7 +27,8 @@ def pad_id_of(tokenizer) -> int:
 @torch.inference_mode()
 def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: int, autocast=None,
                    progress: bool = False) -> np.ndarray:
-    """(rows, classes) float32 logits in the original row order; batches sorted by length.
+    """(rows, classes) float32 logits in the original row order; batches sorted by length, of at
+    most `batch_size` rows and, on a CPU, `hardware.inference_batch_tokens` tokens.
 
     progress=True shows a bar (rows/s, ETA) when stderr is a terminal, and nothing in logs.
     """
@@ -38,7 +40,7 @@ def compute_logits(model, token_ids: list[np.ndarray], batch_size: int, pad_id: 
     out = None
     bar = tqdm(total=len(token_ids), desc="predict", unit="row", leave=False, dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
-    for batch in eval_batches(token_ids, batch_size, pad_id):
+    for batch in eval_batches(token_ids, batch_size, pad_id, max_tokens=inference_batch_tokens(device.type)):
         with autocast() if autocast is not None else contextlib.nullcontext():
             logits = model(**batch.model_inputs(device)).logits
         logits = logits.float().cpu().numpy()

@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..evaluation.metrics import compute_logits, full_metrics, pad_id_of, quick_metrics, softmax
 from . import tracking
 from .distill import distill_loss, teacher_logits
+from .fast_dropout import use_fast_dropout
 from .schedule import scheduler as lr_scheduler
 
 
@@ -219,6 +220,8 @@ class Recipe:
         self.model.to(accelerator.device)
         if self.precision.value in ("bf16", "fp16"):  # after counting: the budget counts fp32 weights
             store_frozen_encoder_in(self.model, torch.bfloat16 if self.precision.value == "bf16" else torch.float16)
+        if cfg.train.fast_dropout and accelerator.device.type == "cpu":
+            use_fast_dropout(self.model)
         self.optimizer = _optimizer(cfg, self.model)
         self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps)
         self.state = self._restore()
