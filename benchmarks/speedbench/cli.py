@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="run the pipeline list this many times per seed, "
                    "interleaved (A B C A B C); the table shows means, the JSON every run")
     p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--no-int8", action="store_true", help="CPU: leave out budgetlora's ONNX int8 inference variant "
+                   "(its export takes seconds; on a GPU there is none)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (default: see docstring)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--json", default=None, help="write all results here")

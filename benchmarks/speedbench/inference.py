@@ -45,12 +45,12 @@ def trainer_predict(trainer, val_ds, split: dict, spec: Spec, args) -> dict:
 def budgetlora_predict(out_dir: Path, split: dict, spec: Spec, args) -> dict:
     """{variant: figures} for the saved run through budgetlora's public inference path
     (`load_predictor`): "auto" first (bf16 where the hardware has it: what `serve` runs), then
-    "fp32" (what `predict` runs by default), then the ONNX int8 export on a CPU."""
+    "fp32" (what `predict` runs by default), then the ONNX int8 export on a CPU (unless --no-int8)."""
     from budgetlora import load_predictor
 
     variants = {"auto": lambda: load_predictor(out_dir, precision="auto"),
                 "fp32": lambda: load_predictor(out_dir, precision="fp32")}
-    if not cuda():
+    if not cuda() and not args.no_int8:
         variants["onnx-int8"] = lambda: int8_predictor(out_dir)
     figures = {}
     for label, load in variants.items():
