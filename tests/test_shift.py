@@ -55,6 +55,7 @@ def test_a_shifted_target_is_detected_and_its_words_are_named(news, tiny_model_d
     v = r["vocabulary"]
     assert v["oov_rate"] > 0.1 and v["target_rows_in_train"] == 0
     assert {w for w, _ in v["oov_top"]} & SPORTS_WORDS  # target words never seen in business rows
+    assert not {w for w, _ in v["oov_top"]} & english_stopwords()
     top_target = [w["word"] for w in r["words"]["target"][:10]]
     top_train = [w["word"] for w in r["words"]["train"][:10]]
     assert len(set(top_target) & SPORTS_WORDS) >= 3, top_target
@@ -97,6 +98,12 @@ def test_with_a_run_class_mix_confidence_saved_json_and_report(small_run, synthe
         assert 0 <= p[side]["low_confidence_share"] <= 1 and 0.25 <= p[side]["mean_confidence"] <= 1
     assert p["target"]["rows"] == 50 and 0 <= p["atc"]["estimated_target_accuracy"] <= 1
     assert sum(p["confidence_histogram"]["target"]) == pytest.approx(1)
+
+    unlabelled = tmp_path / "train-unlabelled.csv"
+    pd.read_csv(synthetic_csv).drop(columns="label").to_csv(unlabelled, index=False)
+    r2 = shift_report(str(unlabelled), str(target), run=small_run, max_rows=100, progress=False)
+    assert r2["predictions"]["prior_source"] == "true classes of val_predictions.csv"  # the stratified split's
+    assert sum(m["prior"] for m in r2["predictions"]["class_mix"].values()) == pytest.approx(1)
 
     paths = write_report(small_run)
     md = paths["markdown"].read_text()

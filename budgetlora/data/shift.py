@@ -9,10 +9,10 @@ shows as its "Shift" section. It compares the two sets five ways:
   and the tokenizer's unknown-token rate and tokens per word (fragmentation) on each side;
 * vocabulary: words of each side (scikit-learn's CountVectorizer: lower-cased runs of 2+ letters),
   the out-of-vocabulary rate (target word occurrences, and distinct target words, never seen in
-  train), the commonest such words, and the share of target rows that occur verbatim in train;
+  train), the commonest such words (stopwords aside), and the share of target rows that occur verbatim in train;
 * over-represented words each way: the log-odds ratio with an informative Dirichlet prior and
-  its z-score (Monroe, Colaresi and Quinn 2008, "Fightin' words"), NLTK's English stopwords left
-  out;
+  its z-score (Monroe, Colaresi and Quinn 2008, "Fightin' words"), words with z >= 1.96 seen 5+
+  times, NLTK's English stopwords left out;
 * a domain-classifier two-sample test on frozen features: at most `max_rows` rows per side,
   mean-pooled last hidden states of a frozen encoder (`model` when given, else the run's
   `model.name`, else the config's default), scikit-learn's LogisticRegression scored by out-of-fold ROC AUC
@@ -48,6 +48,7 @@ FOLDS = 5
 BOOTSTRAP = 1000
 TOP_WORDS = 15
 MIN_WORD_COUNT = 5  # a word listed as over-represented occurs at least this often in both sets together
+MIN_Z = 1.96  # ... and its log-odds z-score is at least this (two-sided 5%, not corrected for the many words)
 WORD_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"  # 2+ letters: no numbers, no single letters
 EXAMPLES = 5
 EXAMPLE_CHARS = 200
@@ -97,8 +98,9 @@ def shift_report(train: str, target: str, *, run: str | Path | None = None, mode
                      "seed": seed, "low_confidence": low_confidence, "run": str(run) if run is not None else None},
     }
     report["tokens"] = _token_lengths(train_table.texts, target_table.texts, tokenizer, cfg.model.max_length)
-    report["vocabulary"], counts = _vocabulary(train_table.texts, target_table.texts)
-    report["words"] = _over_represented(*counts)
+    stopwords = _stopwords()
+    report["vocabulary"], counts = _vocabulary(train_table.texts, target_table.texts, stopwords[0])
+    report["words"] = _over_represented(*counts, stopwords)
     report["domain"] = _domain_test([train_table.texts[i] for i in train_rows],
                                     [target_table.texts[i] for i in target_rows], model_name, tokenizer,
                                     cfg.model.max_length, seed=seed, progress=progress)
@@ -176,7 +178,7 @@ def _token_lengths(train: list[str], target: list[str], tokenizer, max_length: i
     return out
 
 
-def _vocabulary(train: list[str], target: list[str]) -> tuple[dict, tuple]:
+def _vocabulary(train: list[str], target: list[str], stop: frozenset) -> tuple[dict, tuple]:
     from sklearn.feature_extraction.text import CountVectorizer
 
     vectorizer = CountVectorizer(lowercase=True, token_pattern=WORD_PATTERN)
@@ -191,7 +193,8 @@ def _vocabulary(train: list[str], target: list[str]) -> tuple[dict, tuple]:
     else:
         train_counts = target_counts = np.zeros(0, dtype=np.int64)
     unseen = (train_counts == 0) & (target_counts > 0)
-    order = np.argsort(-target_counts * unseen, kind="stable")[: min(TOP_WORDS, int(unseen.sum()))]
+    listed = unseen & np.array([w not in stop for w in words], dtype=bool)  # the rates count stopwords too
+    order = np.argsort(-target_counts * listed, kind="stable")[: min(TOP_WORDS, int(listed.sum()))]
     seen_texts = set(train)
     out = {
         "train_words": int((train_counts > 0).sum()),
@@ -232,17 +235,18 @@ def log_odds_z(counts_a: np.ndarray, counts_b: np.ndarray) -> tuple[np.ndarray, 
     return delta, delta / np.sqrt(1.0 / a + 1.0 / b)
 
 
-def _over_represented(words: np.ndarray, train_counts: np.ndarray, target_counts: np.ndarray) -> dict:
-    stop, source = _stopwords()
+def _over_represented(words: np.ndarray, train_counts: np.ndarray, target_counts: np.ndarray,
+                      stopwords: tuple[frozenset, str]) -> dict:
+    stop, source = stopwords
     keep = np.array([w not in stop for w in words], dtype=bool) & (train_counts + target_counts >= MIN_WORD_COUNT)
-    out = {"stopwords": source, "min_count": MIN_WORD_COUNT, "target": [], "train": []}
-    if not keep.any():
+    out = {"stopwords": source, "min_count": MIN_WORD_COUNT, "min_z": MIN_Z, "target": [], "train": []}
+    if not keep.any() or not train_counts.sum() or not target_counts.sum():  # a side without words: no odds
         return out
     words, train_counts, target_counts = words[keep], train_counts[keep], target_counts[keep]
     delta, z = log_odds_z(target_counts, train_counts)
     for side, sign in (("target", 1), ("train", -1)):
         for i in np.argsort(-sign * z, kind="stable")[:TOP_WORDS]:
-            if sign * z[i] <= 0:
+            if sign * z[i] < MIN_Z:
                 break
             out[side].append({"word": str(words[i]), "z": float(sign * z[i]), "log_odds": float(sign * delta[i]),
                               "target_count": int(target_counts[i]), "train_count": int(train_counts[i])})
