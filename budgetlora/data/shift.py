@@ -9,7 +9,8 @@ shows as its "Shift" section. It compares the two sets five ways:
   and the tokenizer's unknown-token rate and tokens per word (fragmentation) on each side;
 * vocabulary: words of each side (scikit-learn's CountVectorizer: lower-cased runs of 2+ letters),
   the out-of-vocabulary rate (target word occurrences, and distinct target words, never seen in
-  train), the commonest such words (stopwords aside), and the share of target rows that occur verbatim in train;
+  train), the commonest such words (stopwords aside), and the share of target rows that occur
+  verbatim in train;
 * over-represented words each way: the log-odds ratio with an informative Dirichlet prior and
   its z-score (Monroe, Colaresi and Quinn 2008, "Fightin' words"), words with z >= 1.96 seen 5+
   times, NLTK's English stopwords left out;
