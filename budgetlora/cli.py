@@ -215,6 +215,27 @@ def _cmd_data_inspect(args) -> int:
     return 0
 
 
+def _cmd_data_shift(args) -> int:
+    from . import files
+    from .data.shift import SHIFT_FILE, format_shift, shift_report
+
+    if args.save and not args.run:
+        raise UserError(f"--save writes RUN/{SHIFT_FILE} for the run report; give --run RUN, or use --out FILE")
+    if args.out:  # checked before the work, not after it
+        files.check_new_file(args.out, overwrite=args.overwrite)
+    report = shift_report(args.train, args.target, run=args.run, model=args.model, data_overrides=args.overrides,
+                          max_rows=args.max_rows, low_confidence=args.low_confidence, seed=args.seed,
+                          trust_pickle=args.trust_pickle)
+    print(json.dumps(report, indent=2) if args.json else format_shift(report))
+    written = ([args.out] if args.out else []) + ([Path(args.run) / SHIFT_FILE] if args.save else [])
+    for path in written:
+        files.write_json(path, report)
+    if written and not args.json:
+        print(f"wrote {' and '.join(map(str, written))}"
+              + (f" (`budgetlora report {args.run}` shows it)" if args.save else ""))
+    return 0
+
+
 def _cmd_augment_synonyms(args) -> int:
     from .data.augment import synonyms_file
     from .config import load_config
@@ -440,8 +461,8 @@ def _declare_recipes(sub) -> None:
 
 
 def _declare_data(sub) -> None:
-    """`budgetlora data`: look at a data file."""
-    data_sub = sub.add_parser("data", help="look at a data file").add_subparsers(
+    """`budgetlora data`: look at a data file (inspect), or at a target file against the training data (shift)."""
+    data_sub = sub.add_parser("data", help="look at a data file, or at how a target file differs from it").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)
     p = data_sub.add_parser("inspect", help="class balance, token lengths, before/after cleaning examples")
     _add_config_args(p)
@@ -451,6 +472,26 @@ def _declare_data(sub) -> None:
     _add_json(p)
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_data_inspect)
+
+    from .data.shift import LOW_CONFIDENCE, MAX_ROWS, SHIFT_FILE
+
+    p = data_sub.add_parser("shift", help="how far an unlabelled target file is from the training data")
+    p.add_argument("--train", required=True, help="training data file (labels used for the prior if present)")
+    p.add_argument("--target", required=True, help="target file, e.g. the unlabelled test set")
+    p.add_argument("--run", help="a trained run: its model, reading settings, class mix and confidence on target")
+    p.add_argument("--model", help="frozen encoder for the domain classifier (default: the run's, else model.name's default)")
+    p.add_argument("--max-rows", type=int, default=MAX_ROWS,
+                   help=f"rows per side through a model, sampled (default {MAX_ROWS}; 0: all)")
+    p.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE,
+                   help=f"top probability below which a row counts as low-confidence (default {LOW_CONFIDENCE})")
+    p.add_argument("--seed", type=int, default=0, help="row samples, folds and bootstrap (default 0)")
+    p.add_argument("--save", action="store_true", help=f"with --run: write RUN/{SHIFT_FILE} (the report's Shift section)")
+    p.add_argument("--out", help="also write the JSON here")
+    _add_overwrite(p, "--out file")
+    _add_data_set_arg(p)
+    _add_json(p)
+    _add_trust_pickle(p)
+    p.set_defaults(func=_cmd_data_shift)
 
 
 def _declare_augment(sub) -> None:

@@ -1,7 +1,8 @@
 """Data: the first stage after the config. A source becomes a table of texts and raw labels
 (`sources`), labels become class ids (`labels`), rows are split (`split`), tokenised once and
-cached (`tokens`) and batched (`batching`). `clean`, `augment` and `inspect` work on the same
-tables: cleaning every text a run reads, extra training rows, `budgetlora data inspect`.
+cached (`tokens`) and batched (`batching`). `clean`, `augment`, `inspect` and `shift` work on the
+same tables: cleaning every text a run reads, extra training rows, `budgetlora data inspect`,
+`budgetlora data shift`.
 """
 
 from .batching import Batch, collate, epoch_batches, eval_batches, train_order

@@ -132,6 +132,20 @@ def per_class_bars(per_class: dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def distributions(edges: list[float], shares: dict[str, list[float]], path: Path, title: str, xlabel: str) -> Path:
+    """Several distributions over the same bins (share of rows per bin) as overlaid step histograms."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for (name, values), colour in zip(shares.items(), (BLUE, ORANGE, GREEN, RED)):
+        ax.stairs(values, edges, color=colour, linewidth=1.8, label=name, fill=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of rows")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def accuracy_vs_cost(rows: list[dict], path: Path) -> Path:
     """Best validation accuracy against trainable parameters and against training time, one point per run."""
     fig, (params_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -3,9 +3,10 @@
     budgetlora report RUN_DIR      (also written when training ends, unless train.report=false)
 
 Reads what training left in the run directory (config.yaml, labels.json, budget.json,
-metrics.jsonl, metrics.json, train_log.csv, val_predictions.csv), draws the figures with
-budgetlora.evaluation.plots into RUN_DIR/plots/, and writes RUN_DIR/report.md (images linked) and
-RUN_DIR/report.html (images embedded as base64: one file to mail or archive).
+metrics.jsonl, metrics.json, train_log.csv, val_predictions.csv; shift.json when `budgetlora data
+shift --save` wrote one), draws the figures with budgetlora.evaluation.plots into RUN_DIR/plots/,
+and writes RUN_DIR/report.md (images linked) and RUN_DIR/report.html (images embedded as base64:
+one file to mail or archive).
 
 The page is a list of blocks (heading, paragraph, table, image, preformatted text) rendered
 twice, once as Markdown and once as HTML. That renderer is hand-written (a few lines with
@@ -57,7 +58,17 @@ def read_run(run_dir: str | Path) -> dict:
         "metrics": files.read_json(run_dir / "metrics.json", fix),
         "history": files.read_jsonl(run_dir / "metrics.jsonl"),
         "train_log": train_log,
+        "shift": _read_shift(run_dir),
     }
+
+
+def _read_shift(run_dir: Path) -> dict | None:
+    """RUN_DIR/shift.json (`budgetlora data shift --run RUN_DIR --save`), or None."""
+    from ..data.shift import SHIFT_FILE
+
+    path = run_dir / SHIFT_FILE
+    fix = f"write it again with `budgetlora data shift --run {run_dir} --save ...`, or delete it"
+    return files.read_json(path, fix) if path.is_file() else None
 
 
 # ---------------------------------------------------------------- the report's content
@@ -171,6 +182,8 @@ def _blocks(run: dict, figures: dict) -> list[tuple]:
         blocks += [("h2", "Test set"), ("p", f"Accuracy {_accuracy_line(m['test'])}, macro-F1 "
                                              f"{m['test']['macro_f1']:.4f}, loss {m['test']['loss']:.4f}."),
                    ("img", figures["test_confusion"], "test confusion matrix heatmaps")]
+    if run.get("shift"):
+        blocks += _shift_blocks(run["shift"], figures)
     rows, note = _misclassified(run["dir"], cfg.train.seed)
     blocks += [("h2", "Misclassified validation texts"), ("p", note)]
     if rows:
@@ -179,6 +192,27 @@ def _blocks(run: dict, figures: dict) -> list[tuple]:
                ("table", ["part", "parameters", "share of the model"], _parameter_rows(run["budget"])),
                ("h2", "Configuration"), ("p", "The resolved config.yaml of the run."),
                ("pre", run["config_text"])]
+    return blocks
+
+
+def _shift_blocks(shift: dict, figures: dict) -> list[tuple]:
+    """The Shift section: `budgetlora data shift --save`'s numbers, words and histograms."""
+    from ..data.shift import summary_rows, word_rows
+
+    blocks = [("h2", "Shift"),
+              ("p", f"How far the target {shift['target']['source']} is from the training data {shift['train']['source']} "
+                    "(budgetlora data shift). Domain classifier AUC: 0.5 = the two sets cannot be told apart."),
+              ("table", ["", ""], [list(row) for row in summary_rows(shift)]),
+              ("img", figures["shift_lengths"], "token-length histograms of the training and target rows")]
+    if word_rows(shift):
+        blocks.append(("table", ["over-represented in target (z; target vs train count)", "over-represented in train"],
+                       word_rows(shift)))
+    p = shift.get("predictions")
+    if p:
+        blocks.append(("table", ["class", "predicted share of target", "training prior"],
+                       [[name, _pct(m["target"]), _pct(m["prior"]) if m["prior"] is not None else "-"]
+                        for name, m in p["class_mix"].items()]))
+        blocks.append(("img", figures["shift_confidence"], "histograms of the top probability on target and validation rows"))
     return blocks
 
 
@@ -198,6 +232,17 @@ def draw_figures(run: dict) -> dict:
     if "test" in m:
         figures["test_confusion"] = plots.confusion_matrices(m["test"]["confusion_matrix"], m["test"]["label_names"],
                                                              folder / "test_confusion_matrix.png", title="Test")
+    shift = run.get("shift")
+    if shift:
+        h = shift["tokens"]["histogram"]
+        figures["shift_lengths"] = plots.distributions(h["edges"], {"train": h["train"], "target": h["target"]},
+                                                       folder / "shift_lengths.png", "Token lengths (untruncated)",
+                                                       "tokens per row (the last bin holds every longer row)")
+        c = (shift.get("predictions") or {}).get("confidence_histogram")
+        if c:
+            shares = {name: c[key] for name, key in (("validation", "validation"), ("target", "target")) if c[key]}
+            figures["shift_confidence"] = plots.distributions(c["edges"], shares, folder / "shift_confidence.png",
+                                                              "Confidence (top probability)", "top probability")
     return figures
 
 
