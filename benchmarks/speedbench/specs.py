@@ -21,6 +21,7 @@ class Spec:
     group_by_length: bool
     dropout: float
     batching: str = "rows"  # budgetlora's train.batching
+    fast_dropout: bool = True  # budgetlora's train.fast_dropout (its CPU dropout masks)
 
 
 def budgetlora_groups_by_default() -> bool | None:
@@ -59,6 +60,8 @@ def apply_modifier(spec: Spec, mod: str) -> None:
         spec.precision = mod
     elif mod == "tokens" and spec.kind == "budgetlora":
         spec.batching = "tokens"
+    elif mod == "torchdrop" and spec.kind == "budgetlora":
+        spec.fast_dropout = False
     else:
         raise SystemExit(f"unknown modifier +{mod} in {spec.name!r}")
 
