@@ -87,6 +87,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_probe(args) -> int:
+    from .config import load_config
+    from .training.probe import linear_probe
+
+    cfg = load_config(args.recipe, args.overrides)
+    result = linear_probe(cfg, args.out, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
+                          log=(lambda m: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_params(args) -> int:
     from .adapters.budget import check, plan_from_config
     from .config import load_config
@@ -342,6 +354,17 @@ def _declare_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _declare_probe(sub) -> None:
+    """`budgetlora probe`: the zero-adapter baseline, a method of its own."""
+    p = sub.add_parser("probe", help="linear probe: frozen features + logistic regression on a recipe's rows (no fine-tuning)")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="folder for probe.json and probe_weights.npz (default: print only)")
+    _add_overwrite(p, "probe.json")
+    _add_trust_pickle(p)
+    _add_json(p)
+    p.set_defaults(func=_cmd_probe)
+
+
 def _declare_params(sub) -> None:
     """`budgetlora params`: exact trainable-parameter breakdown from a config (no weights)."""
     p = sub.add_parser("params", help="exact trainable-parameter breakdown from a config (no weights)")
@@ -574,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command and its flags; each command is declared by its own `_declare_*` function."""
     parser = _Parser(prog="budgetlora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for declare in (_declare_train, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_export, _declare_serve, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
+    for declare in (_declare_train, _declare_probe, _declare_params, _declare_plan, _declare_evaluate, _declare_predict, _declare_export, _declare_serve, _declare_quickstart, _declare_sweep, _declare_report, _declare_compare, _declare_recipes, _declare_data, _declare_augment):
         declare(sub)
     return parser
 

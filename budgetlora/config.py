@@ -108,6 +108,10 @@ class HeadConfig:
     # LoRA (adapter.r), output layer trained fully; linear: one Linear on the first token;
     # mean: one Linear on the mask-weighted mean of the tokens (see budgetlora/adapters/model.py)
     type: str = field(default="mean", metadata=_choice(*HEAD_TYPES))
+    # random: the output layer as transformers initialises it (seeded); probe: LP-FT, the output
+    # layer fitted by logistic regression on the features it receives at init, before step 0
+    # (budgetlora/training/probe.py); no parameter added, a resumed run keeps its checkpoint's head
+    init: str = field(default="random", metadata=_choice("random", "probe"))
 
 
 @dataclass
@@ -138,6 +142,9 @@ class TrainConfig:
     tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))
     log_every: int = field(default=10, metadata={"min": 1})  # steps between train_log.csv rows
     report: bool = True  # write report.md / report.html when training ends
+    # a zero-training baseline beside the adapter's result in metrics.json and the report: probe =
+    # frozen features + logistic regression on the training rows (budgetlora/training/probe.py)
+    baseline: str = field(default="none", metadata=_choice("none", "probe"))
 
 
 @dataclass

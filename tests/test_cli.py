@@ -176,7 +176,7 @@ def test_shared_flags_mean_the_same_in_every_command():
         for action in parser._actions:
             for flag in set(action.option_strings) & {"--trust-pickle", "--json", "--overwrite", "--set"}:
                 helps.setdefault(flag, {})[" ".join(path[1:])] = (action.help, action.dest, action.default)
-    assert set(helps["--trust-pickle"]) == {"train", "evaluate", "predict", "data inspect", "data shift",
+    assert set(helps["--trust-pickle"]) == {"train", "probe", "evaluate", "predict", "data inspect", "data shift",
                                             "augment synonyms", "augment generate"}
     assert len(set(helps["--trust-pickle"].values())) == len(set(helps["--json"].values())) == 1
     assert all(h.startswith("replace an existing ") and d is False for h, _, d in helps["--overwrite"].values())

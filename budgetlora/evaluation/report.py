@@ -96,7 +96,8 @@ def _summary(run: dict) -> list[tuple[str, str]]:
         ("recipe", cfg.recipe),
         ("model", cfg.model.name),
         ("adapter", f"{a.method} r={a.r} alpha={a.alpha:g} dropout={a.dropout:g} targets={targets} bias={a.bias}"),
-        ("head", cfg.head.type),
+        ("head", cfg.head.type + (" (LP-FT: output layer fitted by a linear probe before step 0)"
+                                  if cfg.head.init == "probe" else "")),
         ("trainable parameters", f"{m['trainable_params']:,} ({_pct(run['budget']['share'])} of the model)"),
         ("validation accuracy", _accuracy_line(m["val"])),
         ("validation macro-F1", f"{m['val']['macro_f1']:.4f}"),
@@ -104,6 +105,7 @@ def _summary(run: dict) -> list[tuple[str, str]]:
     ]
     if "test" in m:
         rows += [("test accuracy", _accuracy_line(m["test"])), ("test macro-F1", f"{m['test']['macro_f1']:.4f}")]
+    rows += _baseline_rows(m)
     rows += [
         ("best checkpoint", f"step {m['best_step']} of {m['steps']} (best {m['metric']} {m['best_value']:.4f})"
                             + (", stopped early" if m.get("stopped_early") else "")),
@@ -113,6 +115,27 @@ def _summary(run: dict) -> list[tuple[str, str]]:
         ("throughput", f"{m['train_samples_per_s']:,.1f} samples/s, {m['train_tokens_per_s']:,.0f} tokens/s (training)"),
         ("device", f"{m['device']} x {m['processes']} process{'es' if m['processes'] > 1 else ''}"),
     ]
+    return rows
+
+
+def _baseline_rows(m: dict) -> list[tuple[str, str]]:
+    """LP-FT's head before any step, and the linear-probe baseline beside the adapter: what fine-tuning bought."""
+    rows = []
+    init = m.get("head_init")
+    if init:
+        rows.append(("head before any step (LP-FT)", f"validation accuracy {_pct(init['val_accuracy'])}, "
+                                                     f"{init['layer']} fitted on {init['rows']:,} rows (C={init['C']:g}) "
+                                                     f"in {init['seconds']:.1f} s"))
+    b = m.get("baseline")
+    if b:
+        for split in ("val", "test"):
+            if split in b and split in m:
+                gain = 100 * (m[split]["accuracy"] - b[split]["accuracy"])
+                name = "validation" if split == "val" else "test"
+                rows.append((f"linear-probe baseline, {name}",
+                             f"{_accuracy_line(b[split])}: frozen {b['pooling']}-pooled features + logistic regression "
+                             f"(C={b['C']:g}), 0 adapter parameters, {b['seconds']:.1f} s; fine-tuning bought "
+                             f"{gain:+.2f} points"))
     return rows
 
 

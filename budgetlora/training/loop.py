@@ -69,6 +69,7 @@ class TrainState:
     train_seconds: float = 0.0  # training only: evaluations and checkpoints excluded
     samples_seen: int = 0
     tokens_seen: int = 0
+    head_init: dict | None = None  # head.init=probe: the LP fit at setup (a resumed run keeps its checkpoint's head)
 
     def samples_per_s(self, seconds: float | None = None) -> float:
         return self.samples_seen / max(self.train_seconds if seconds is None else seconds, 1e-9)
@@ -218,6 +219,7 @@ class Recipe:
             rundir.create(self.plan, cfg.to_yaml(), self.data.label_names, self.breakdown.to_dict())
         accelerator.wait_for_everyone()
         self.model.to(accelerator.device)
+        head_init = self._init_head() if self.saved is None else None  # LP-FT: before step 0, never on resume
         if self.precision.value in ("bf16", "fp16"):  # after counting: the budget counts fp32 weights
             store_frozen_encoder_in(self.model, torch.bfloat16 if self.precision.value == "bf16" else torch.float16)
         if cfg.train.fast_dropout and accelerator.device.type == "cpu":
@@ -225,6 +227,8 @@ class Recipe:
         self.optimizer = _optimizer(cfg, self.model)
         self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps)
         self.state = self._restore()
+        if head_init is not None:
+            self.state.head_init = head_init
         # the scheduler is stepped by hand, once per optimiser step, so it is not prepared
         self.parallel_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         if accelerator.num_processes > 1:
@@ -297,6 +301,23 @@ class Recipe:
             return torch.from_numpy(teacher_logits(cfg.distill.teacher, self.teacher_texts, self.data.label_names,
                                                    max_length=cfg.model.max_length,
                                                    batch_size=cfg.train.eval_batch_size, log=self.log))
+
+    def _init_head(self) -> dict | None:
+        """head.init=probe (LP-FT): the head's output layer fitted on the frozen features of the
+        training rows (probe.init_head), in fp32, before any step; its validation accuracy is logged."""
+        cfg, data = self.cfg, self.data
+        if cfg.head.init != "probe":
+            return None
+        from .probe import init_head
+
+        info = init_head(self.model, data.train_ids, data.y_train, data.pad_id, model_name=cfg.model.name,
+                         batch_size=cfg.train.eval_batch_size)
+        # every process scores all validation rows (a few hundred, once): no gather at setup
+        val_logits = compute_logits(self.model, data.val_ids, cfg.train.eval_batch_size, data.pad_id)
+        info["val_accuracy"] = quick_metrics(val_logits, data.y_val)["accuracy"]
+        self.log(f"head.init=probe: {info['layer']} fitted on {info['rows']} training rows (C={info['C']:g}) in "
+                 f"{info['seconds']:.1f} s; validation accuracy before any step {info['val_accuracy']:.4f}")
+        return info
 
     def _restore(self) -> TrainState:
         """A fresh state, or the checkpoint's (a run killed before its first checkpoint restarts at step 0)."""
@@ -506,11 +527,32 @@ class Recipe:
             "processes": self.accelerator.num_processes,
             "val": full_metrics(state.best_val_logits, data.y_val, data.label_names, seed=cfg.train.seed),
         }
+        test = None
         if data.test is not None:
             table, y_test = data.test
-            test_ids = tokenize(table.texts, data.tokenizer, cfg.model.max_length)
-            result["test"] = full_metrics(self.logits(test_ids), y_test, data.label_names, seed=cfg.train.seed)
+            test = tokenize(table.texts, data.tokenizer, cfg.model.max_length), y_test
+            result["test"] = full_metrics(self.logits(test[0]), y_test, data.label_names, seed=cfg.train.seed)
+        if state.head_init is not None:
+            result["head_init"] = state.head_init
+        if cfg.train.baseline == "probe":  # after wall_seconds: its own seconds are in it
+            result["baseline"] = self._baseline(test, result)
         return result
+
+    def _baseline(self, test: tuple | None, result: dict) -> dict:
+        """train.baseline=probe: frozen features + logistic regression on the same training rows
+        (augmentation rows left out), measured on the same validation (and test) rows; its weights
+        in baseline_probe.npz."""
+        from .probe import BASELINE_WEIGHTS, baseline, baseline_line, save_fit
+
+        data, cfg = self.data, self.cfg
+        n = len(data.train_ids) - data.extra_rows
+        b, fit = baseline(cfg.model.name, data.pad_id, data.label_names, (data.train_ids[:n], data.y_train[:n]),
+                          (data.val_ids, data.y_val), test=test, seed=cfg.train.seed,
+                          batch_size=cfg.train.eval_batch_size)
+        if self.main:
+            save_fit(self.out / BASELINE_WEIGHTS, fit, pooling=b["pooling"])
+        self.log(baseline_line(b, result))
+        return b
 
 
 # ---------------------------------------------------------------- small pieces
