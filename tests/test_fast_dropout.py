@@ -152,3 +152,16 @@ def test_capped_batches_give_the_same_logits(tiny_model_dir, synthetic_csv):
     with torch.no_grad():
         one_by_one = np.concatenate([model(input_ids=torch.as_tensor(row)[None]).logits.numpy() for row in ids])
     np.testing.assert_allclose(capped, one_by_one, atol=1e-4)
+
+
+def test_encoder_dropout_sets_the_encoders_dropouts_only(tiny_model_dir, synthetic_csv):
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "adapter.dropout=0.1", "model.encoder_dropout=0")
+    model = build_model(cfg, LABELS)
+    ps = {name: m.p for name, m in model.named_modules() if isinstance(m, nn.Dropout)}
+    encoder = {n: p for n, p in ps.items() if ".roberta." in n and "lora_dropout" not in n}
+    assert encoder and set(encoder.values()) == {0.0}  # embeddings, attention, hidden
+    assert {p for n, p in ps.items() if "lora_dropout" in n} == {0.1}  # the adapter's own stays
+    assert {p for n, p in ps.items() if "classifier" in n} == {0.1}  # and the head's
+    default = build_model(tiny_config(tiny_model_dir, synthetic_csv, "adapter.dropout=0.1"), LABELS)
+    assert {m.p for n, m in default.named_modules() if isinstance(m, nn.Dropout) and ".roberta." in n
+            and "lora_dropout" not in n} == {0.1}
