@@ -41,6 +41,7 @@ from . import tracking
 from .distill import distill_loss, teacher_logits
 from .fast_dropout import use_fast_dropout
 from .schedule import scheduler as lr_scheduler
+from .selftrain import SelfTraining
 
 
 @dataclass
@@ -69,6 +70,8 @@ class TrainState:
     train_seconds: float = 0.0  # training only: evaluations and checkpoints excluded
     samples_seen: int = 0
     tokens_seen: int = 0
+    round: int = 0  # self-training round (selftrain.py); its steps start after step round_start
+    round_start: int = 0
 
     def samples_per_s(self, seconds: float | None = None) -> float:
         return self.samples_seen / max(self.train_seconds if seconds is None else seconds, 1e-9)
@@ -142,6 +145,8 @@ def train(
         recipe = Recipe(cfg, plan, trust_pickle=trust_pickle, log=log, hooks=hooks or Hooks())
         recipe.setup()
         recipe.train()
+        if recipe.selftrain:  # data.unlabelled: rounds of pseudo-labelled rows (selftrain.py)
+            recipe.selftrain.run_rounds()
         return recipe.finish()
     finally:
         if lock is not None:
@@ -209,9 +214,8 @@ class Recipe:
         cfg, accelerator = self.cfg, self.accelerator
         accelerator.wait_for_everyone()  # every process has read the plan before any writes
         self.data = self._setup_data()
-        self.steps_per_epoch = math.ceil(len(self.data.train_ids) / cfg.train.batch_size)
-        self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
-        self.eval_every = cfg.train.eval_every or self.steps_per_epoch
+        self.selftrain = SelfTraining.attach(self)  # None without data.unlabelled
+        self.set_steps((self.saved or {}).get("round_start", 0))
         self.model, self.breakdown = self._setup_model()
         self.data.teacher = self._setup_teacher()
         if not self.plan.resume and self.main:
@@ -223,7 +227,7 @@ class Recipe:
         if cfg.train.fast_dropout and accelerator.device.type == "cpu":
             use_fast_dropout(self.model)
         self.optimizer = _optimizer(cfg, self.model)
-        self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps - self.round_start)
         self.state = self._restore()
         # the scheduler is stepped by hand, once per optimiser step, so it is not prepared
         self.parallel_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
@@ -231,6 +235,14 @@ class Recipe:
             self.log(f"data-parallel over {accelerator.num_processes} processes: each takes "
                      f"1/{accelerator.num_processes} of every batch of {cfg.train.batch_size}")
         tracking.start(accelerator, cfg, self.out, resume_step=self.state.step)
+
+    def set_steps(self, round_start: int = 0) -> None:
+        """Steps of the training rows as they are now; a self-training round's count on from round_start."""
+        cfg = self.cfg
+        self.round_start = round_start
+        self.steps_per_epoch = math.ceil(len(self.data.train_ids) / cfg.train.batch_size)
+        self.total_steps = round_start + (cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.train.eval_every or self.steps_per_epoch
 
     def _setup_data(self) -> RunData:
         """Read, label and split the rows, tokenise them once (cached), append augmentation rows."""
@@ -327,14 +339,14 @@ class Recipe:
         batches, order_epoch = None, None
         self.parallel_model.train()
         while state.step < self.total_steps and not state.stopped_early:
-            epoch, position = divmod(state.step, self.steps_per_epoch)
+            epoch, position = divmod(state.step - self.round_start, self.steps_per_epoch)
             if epoch != order_epoch:
                 batches, order_epoch = epoch_batches(len(self.data.train_ids), cfg.train.seed, epoch, self.data.lengths,
                                                      cfg.train.batch_size, by_tokens=cfg.train.batching == "tokens"), epoch
             rows = batches[position]
             step_lr, loss = self.train_step(rows)
             self._after_step(rows, step_lr, loss)
-            if state.step % self.eval_every == 0 or state.step == self.total_steps:
+            if (state.step - self.round_start) % self.eval_every == 0 or state.step == self.total_steps:
                 self.evaluate()
                 self.phase_start = time.perf_counter()
         self.bar.close()
@@ -506,6 +518,8 @@ class Recipe:
             "processes": self.accelerator.num_processes,
             "val": full_metrics(state.best_val_logits, data.y_val, data.label_names, seed=cfg.train.seed),
         }
+        if self.selftrain:
+            result["selftrain"] = self.selftrain.summary()
         if data.test is not None:
             table, y_test = data.test
             test_ids = tokenize(table.texts, data.tokenizer, cfg.model.max_length)
