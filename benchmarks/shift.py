@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's budgetlora, whatever the environment installed
 SHARED = ROOT.parent / "shared" / "data"
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 TAG = re.compile(r"\((Reuters|AP|AFP)\)")
