@@ -159,3 +159,29 @@ def test_bad_unlabelled_file_is_refused_before_anything_is_written(tiny_model_di
     with pytest.raises(UserError, match="trust"):
         train(_config(tiny_model_dir, synthetic_csv, pickled), tmp_path / "b", **quiet)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_shift_benchmark_split_strips_the_tags_and_keeps_target_test_apart(tmp_path):
+    """benchmarks/shift.py: train/id_test are Reuters rows, target_test/target_pool AP/AFP rows, disjoint,
+    no agency tag left, the pool without labels."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("shift_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "shift.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [(f"Title {i} (Reuters) Reuters - body {i}", i % 4) for i in range(40)]
+    rows += [(f"CITY (AP) - story {i}", i % 4) for i in range(30)] + [(f"Head {i} (AFP) AFP - text {i}", i % 4) for i in range(20)]
+    rows += [("untagged row", 0)]
+    source = tmp_path / "ag.csv.gz"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(source, index=False)
+    info = bench.build_split(source, tmp_path / "split", id_test=10, target_test=25, seed=0)
+    parts = {name: pd.read_csv(f["path"]) for name, f in info["files"].items()}
+    assert [len(parts[n]) for n in ("train", "id_test", "target_test", "target_pool")] == [30, 10, 25, 25]
+    assert list(parts["target_pool"].columns) == ["text"]
+    texts = {n: set(p["text"]) for n, p in parts.items()}
+    assert all(t.startswith("Title") for t in texts["train"] | texts["id_test"])
+    assert not texts["target_test"] & texts["target_pool"] and not texts["train"] & texts["id_test"]
+    assert not any(w in t for t in set().union(*texts.values()) for w in ("Reuters", "(AP)", "AFP"))
+    assert "CITY - story 0" in texts["target_test"] | texts["target_pool"]
+    assert 0 < info["tag_chars_removed_share"] < 1
