@@ -82,6 +82,8 @@ def build_split(source: Path, folder: Path, *, id_test: int, target_test: int, s
         path = folder / f"{name}.csv"
         columns = ["text"] if name == "target_pool" else ["text", "label"]
         part[columns].to_csv(path, index=False)
+        if name == "target_pool":  # the pool's true labels: only to score the pseudo labels afterwards
+            part[["label"]].to_csv(folder / "target_pool_labels.csv", index=False)
         info["files"][name] = {"path": str(path), "rows": len(part),
                                "agencies": part.agency.value_counts().to_dict(),
                                "classes": part.label.value_counts().reindex(LABELS, fill_value=0).to_dict()}
@@ -125,6 +127,21 @@ def run_one(recipe: str, overrides: list[str], out: Path, files: dict) -> dict:
     if "selftrain" in metrics:
         result["selftrain"] = metrics["selftrain"]
     return result
+
+
+def pseudo_label_accuracy(run_dir: Path, labels_csv: Path) -> list[dict]:
+    """Per self-training round: how many of the pseudo labels were right (the pool's hidden labels)."""
+    truth = pd.read_csv(labels_csv)["label"].to_numpy()
+    out = []
+    for path in sorted((run_dir / "selftrain").glob("round-*.csv")):
+        rows = pd.read_csv(path, keep_default_na=False)
+        right = rows["label"].to_numpy() == truth[rows["row"].to_numpy()]
+        out.append({"round": int(path.stem.split("-")[1]), "rows": len(rows),
+                    "accuracy": round(float(right.mean()), 4) if len(rows) else None,
+                    "per_class": {c: round(float(right[rows["label"] == c].mean()), 4)
+                                  for c in LABELS if (rows["label"] == c).any()},
+                    "true_class_mix": {c: int((truth[rows["row"]] == c).sum()) for c in LABELS}})
+    return out
 
 
 def summarise(runs: list[dict], arms: list[str]) -> dict:
@@ -188,6 +205,10 @@ def main(argv=None) -> int:
     report_path = Path(args.json)
     previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
     runs = previous.get("runs", [])
+    for r in runs:  # pseudo-label accuracy of self-training runs whose folder is still here
+        folder = work / "runs" / f"{r['arm']}-s{r['seed']}"
+        if "selftrain" in r and "pseudo_label_accuracy" not in r and (folder / "metrics.json").is_file():
+            r["pseudo_label_accuracy"] = pseudo_label_accuracy(folder, work / "data" / "target_pool_labels.csv")
     for seed in seeds:  # seed-major: a partial benchmark still compares the arms
         for arm in chosen:
             overrides = common + [o.format(pool=files["target_pool"]["path"]) for o in arms[arm]] + [f"train.seed={seed}"]
@@ -197,6 +218,9 @@ def main(argv=None) -> int:
             print(f"== {arm} seed {seed}", flush=True)
             result = run_one(args.recipe, overrides, work / "runs" / f"{arm}-s{seed}", files)
             runs = [r for r in runs if not (r["arm"] == arm and r["seed"] == seed)]
+            if "selftrain" in result:
+                result["pseudo_label_accuracy"] = pseudo_label_accuracy(work / "runs" / f"{arm}-s{seed}",
+                                                                        work / "data" / "target_pool_labels.csv")
             runs.append({"arm": arm, "seed": seed, "overrides": overrides, **result})
             print(f"   {arm} seed {seed}: id {result['id_accuracy']:.4f} shift {result['shift_accuracy']:.4f} "
                   f"({result['wall_seconds']:.0f} s)", flush=True)
