@@ -114,8 +114,12 @@ def run_one(recipe: str, overrides: list[str], out: Path, files: dict) -> dict:
 
     cfg = load_config(recipe, overrides)
     t0 = time.time()
-    metrics = train(cfg, out, overwrite=True, log=lambda m: print("   ", m, flush=True))
-    train_wall = time.time() - t0
+    if (out / "metrics.json").is_file() and load_config(out / "config.yaml").to_dict() == cfg.to_dict():
+        metrics = json.loads((out / "metrics.json").read_text())  # finished by an earlier, interrupted invocation
+        train_wall = metrics["wall_seconds"]
+    else:
+        metrics = train(cfg, out, overwrite=True, log=lambda m: print("   ", m, flush=True))
+        train_wall = time.time() - t0
     scores = {name: evaluate_run(out, files[name]["path"]) for name in ("id_test", "target_test")}
     result = {"id_accuracy": scores["id_test"]["accuracy"], "shift_accuracy": scores["target_test"]["accuracy"],
               "id_accuracy_ci95": scores["id_test"].get("accuracy_ci95"),
@@ -135,12 +139,13 @@ def pseudo_label_accuracy(run_dir: Path, labels_csv: Path) -> list[dict]:
     out = []
     for path in sorted((run_dir / "selftrain").glob("round-*.csv")):
         rows = pd.read_csv(path, keep_default_na=False)
-        right = rows["label"].to_numpy() == truth[rows["row"].to_numpy()]
+        index = rows["row"].to_numpy(dtype=np.int64)
+        right = rows["label"].to_numpy() == truth[index]
         out.append({"round": int(path.stem.split("-")[1]), "rows": len(rows),
                     "accuracy": round(float(right.mean()), 4) if len(rows) else None,
                     "per_class": {c: round(float(right[rows["label"] == c].mean()), 4)
                                   for c in LABELS if (rows["label"] == c).any()},
-                    "true_class_mix": {c: int((truth[rows["row"]] == c).sum()) for c in LABELS}})
+                    "true_class_mix": {c: int((truth[index] == c).sum()) for c in LABELS}})
     return out
 
 
