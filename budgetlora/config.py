@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses, YAML recipes and `--set key=value` overrides.
 
-A recipe is a YAML file with up to seven sections (model, data, adapter, head, train, budget,
-distill); whatever it leaves out takes the dataclass default below. Every key and value is checked here,
+A recipe is a YAML file with up to eight sections (model, data, adapter, head, train, selftrain,
+budget, distill); whatever it leaves out takes the dataclass default below. Every key and value is checked here,
 before any model or data is touched (an adapter method's own rules by its entry in
 budgetlora/adapters/registry.py), and a wrong one raises a UserError that names the key and what
 is allowed.
@@ -74,6 +74,9 @@ class DataConfig:
     synonym_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})  # WordNet synonyms, at train time
     synonym_copies: int = field(default=1, metadata={"min": 1})  # augmented copies per training row
     synonym_protect: list[str] | None = None  # words never replaced
+    # self-training (budgetlora/training/selftrain.py): an unlabelled file (text column only) whose
+    # confidently predicted rows join the training rows, with their predicted labels, for selftrain.rounds rounds
+    unlabelled: str | None = None
 
 
 @dataclass
@@ -147,6 +150,20 @@ class TrainConfig:
     baseline: str = field(default="none", metadata=_choice("none", "probe"))
 
 
+SELFTRAIN_BALANCE = ("prior", "equal", "none")
+
+
+@dataclass
+class SelfTrainConfig:
+    # read only when data.unlabelled is set (budgetlora/training/selftrain.py)
+    rounds: int = field(default=1, metadata={"min": 1})  # rounds of pseudo-labelling after the first training
+    threshold: float = field(default=0.9, metadata={"min": 0, "max": 1})  # keep rows whose confidence is above it
+    # prior: no class gets more than its training share of the rows kept; equal: every class as many
+    # as the rarest class has confident rows; none: every confident row
+    balance: str = field(default="prior", metadata=_choice(*SELFTRAIN_BALANCE))
+    max_rows: int | None = field(default=None, metadata={"min": 1})  # most pseudo-labelled rows per round (most confident first)
+
+
 @dataclass
 class BudgetConfig:
     max_trainable: int = field(default=1_000_000, metadata={"min": 1})
@@ -172,6 +189,7 @@ class Config:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -323,6 +341,9 @@ def _check_whole(cfg: Config) -> Config:
     bounds = cfg.data.length_filter
     if bounds is not None and (len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= 100):
         raise UserError(f"data.length_filter: {bounds} must be two percentiles 0 <= low < high <= 100, e.g. [1, 99]")
+    if cfg.data.unlabelled and cfg.distill.teacher:
+        raise UserError("data.unlabelled and distill.teacher both set: self-training has no teacher logits for "
+                        "pseudo-labelled rows; drop one of them")
     return cfg
 
 

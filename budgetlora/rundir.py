@@ -203,7 +203,9 @@ def read_config(run_dir: Path):
         raise UserError(f"{path} is missing; {fix}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise files.corrupt(path, e, fix) from None
-    sections = [f.name for f in dataclasses.fields(Config) if f.name != "recipe"]
+    # selftrain came after runs were saved without it; it is written before budget and distill, so a
+    # truncated file cannot have lost it alone
+    sections = [f.name for f in dataclasses.fields(Config) if f.name not in ("recipe", "selftrain")]
     missing = [s for s in sections if not isinstance(values, dict) or s not in values]
     if missing:
         raise files.corrupt(path, ValueError(f"no {', '.join(missing)} section"), fix)

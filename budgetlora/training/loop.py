@@ -41,6 +41,7 @@ from . import tracking
 from .distill import distill_loss, teacher_logits
 from .fast_dropout import use_fast_dropout
 from .schedule import scheduler as lr_scheduler
+from .selftrain import SelfTraining
 
 
 @dataclass
@@ -70,6 +71,8 @@ class TrainState:
     samples_seen: int = 0
     tokens_seen: int = 0
     head_init: dict | None = None  # head.init=probe: the LP fit at setup (a resumed run keeps its checkpoint's head)
+    round: int = 0  # self-training round (selftrain.py); its steps start after step round_start
+    round_start: int = 0
 
     def samples_per_s(self, seconds: float | None = None) -> float:
         return self.samples_seen / max(self.train_seconds if seconds is None else seconds, 1e-9)
@@ -143,6 +146,8 @@ def train(
         recipe = Recipe(cfg, plan, trust_pickle=trust_pickle, log=log, hooks=hooks or Hooks())
         recipe.setup()
         recipe.train()
+        if recipe.selftrain:  # data.unlabelled: rounds of pseudo-labelled rows (selftrain.py)
+            recipe.selftrain.run_rounds()
         return recipe.finish()
     finally:
         if lock is not None:
@@ -210,9 +215,9 @@ class Recipe:
         cfg, accelerator = self.cfg, self.accelerator
         accelerator.wait_for_everyone()  # every process has read the plan before any writes
         self.data = self._setup_data()
-        self.steps_per_epoch = math.ceil(len(self.data.train_ids) / cfg.train.batch_size)
-        self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
-        self.eval_every = cfg.train.eval_every or self.steps_per_epoch
+        self.labelled_rows = len(self.data.train_ids) - self.data.extra_rows  # before augmentation and pseudo labels
+        self.selftrain = SelfTraining.attach(self)  # None without data.unlabelled
+        self.set_steps((self.saved or {}).get("round_start", 0))
         self.model, self.breakdown = self._setup_model()
         self.data.teacher = self._setup_teacher()
         if not self.plan.resume and self.main:
@@ -225,7 +230,7 @@ class Recipe:
         if cfg.train.fast_dropout and accelerator.device.type == "cpu":
             use_fast_dropout(self.model)
         self.optimizer = _optimizer(cfg, self.model)
-        self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps - self.round_start)
         self.state = self._restore()
         if head_init is not None:
             self.state.head_init = head_init
@@ -235,6 +240,14 @@ class Recipe:
             self.log(f"data-parallel over {accelerator.num_processes} processes: each takes "
                      f"1/{accelerator.num_processes} of every batch of {cfg.train.batch_size}")
         tracking.start(accelerator, cfg, self.out, resume_step=self.state.step)
+
+    def set_steps(self, round_start: int = 0) -> None:
+        """Steps of the training rows as they are now; a self-training round's count on from round_start."""
+        cfg = self.cfg
+        self.round_start = round_start
+        self.steps_per_epoch = math.ceil(len(self.data.train_ids) / cfg.train.batch_size)
+        self.total_steps = round_start + (cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.train.eval_every or self.steps_per_epoch
 
     def _setup_data(self) -> RunData:
         """Read, label and split the rows, tokenise them once (cached), append augmentation rows."""
@@ -348,14 +361,14 @@ class Recipe:
         batches, order_epoch = None, None
         self.parallel_model.train()
         while state.step < self.total_steps and not state.stopped_early:
-            epoch, position = divmod(state.step, self.steps_per_epoch)
+            epoch, position = divmod(state.step - self.round_start, self.steps_per_epoch)
             if epoch != order_epoch:
                 batches, order_epoch = epoch_batches(len(self.data.train_ids), cfg.train.seed, epoch, self.data.lengths,
                                                      cfg.train.batch_size, by_tokens=cfg.train.batching == "tokens"), epoch
             rows = batches[position]
             step_lr, loss = self.train_step(rows)
             self._after_step(rows, step_lr, loss)
-            if state.step % self.eval_every == 0 or state.step == self.total_steps:
+            if (state.step - self.round_start) % self.eval_every == 0 or state.step == self.total_steps:
                 self.evaluate()
                 self.phase_start = time.perf_counter()
         self.bar.close()
@@ -528,6 +541,8 @@ class Recipe:
             "val": full_metrics(state.best_val_logits, data.y_val, data.label_names, seed=cfg.train.seed),
         }
         test = None
+        if self.selftrain:
+            result["selftrain"] = self.selftrain.summary()
         if data.test is not None:
             table, y_test = data.test
             test = tokenize(table.texts, data.tokenizer, cfg.model.max_length), y_test
@@ -540,12 +555,12 @@ class Recipe:
 
     def _baseline(self, test: tuple | None, result: dict) -> dict:
         """train.baseline=probe: frozen features + logistic regression on the same training rows
-        (augmentation rows left out), measured on the same validation (and test) rows; its weights
+        (augmentation and pseudo-labelled rows left out), measured on the same validation (and test) rows; its weights
         in baseline_probe.npz."""
         from .probe import BASELINE_WEIGHTS, baseline, baseline_line, save_fit
 
         data, cfg = self.data, self.cfg
-        n = len(data.train_ids) - data.extra_rows
+        n = self.labelled_rows  # the labelled rows only: no augmentation, no pseudo labels
         b, fit = baseline(cfg.model.name, data.pad_id, data.label_names, (data.train_ids[:n], data.y_train[:n]),
                           (data.val_ids, data.y_val), test=test, seed=cfg.train.seed,
                           batch_size=cfg.train.eval_batch_size)
