@@ -44,8 +44,14 @@ def _val_texts(cfg):
 def selftrained(tmp_path_factory, tiny_model_dir, synthetic_csv, unlabelled_csv):
     out = tmp_path_factory.mktemp("runs") / "st"
     cfg = _config(tiny_model_dir, synthetic_csv, unlabelled_csv, "selftrain.threshold=0.5", "selftrain.rounds=2",
-                  "selftrain.balance=equal")
+                  "selftrain.balance=equal", "train.baseline=probe")
     return cfg, out, train(cfg, out, **quiet)
+
+
+def test_the_probe_baseline_fits_on_the_labelled_rows_only(selftrained):
+    cfg, _, metrics = selftrained
+    assert sum(r["added"] for r in metrics["selftrain"]) > 0
+    assert metrics["baseline"]["train_rows"] == len(_val_texts(cfg)[0])  # no pseudo-labelled rows
 
 
 def test_pseudo_labelled_rows_join_training_and_never_validation(selftrained):
