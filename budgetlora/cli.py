@@ -200,7 +200,7 @@ def _cmd_export(args) -> int:
 def _cmd_quickstart(args) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out, overwrite=args.overwrite)
+    quickstart(args.out, overwrite=args.overwrite, overrides=args.overrides)
     return 0
 
 
@@ -440,6 +440,8 @@ def _declare_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="offline demo: real MiniLM on bundled AG News, train/evaluate/predict")
     p.add_argument("--out", default="budgetlora-quickstart", help="folder for the run and predictions")
     _add_overwrite(p, "--out folder")
+    _add_set(p, "KEY=VALUE", "change the minilm-quickstart recipe, e.g. --set train.seed=2 or "
+             "--set train.precision=fp32 (repeatable; model.name and data.train are the bundled ones)")
     p.set_defaults(func=_cmd_quickstart)
 
 

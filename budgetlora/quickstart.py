@@ -16,8 +16,8 @@ from . import files
 from .config import load_config
 from .data import encode_labels, read_table
 from .errors import UserError
-from .evaluation.metrics import full_metrics, table_logits
-from .adapters.model import load_run
+from .deploy.predictor import load_predictor
+from .evaluation.metrics import full_metrics, predictor_logits
 from .evaluation.predict import prediction_frame, write_predictions
 from .training.loop import train
 
@@ -49,7 +49,8 @@ def _baseline_on_eval(run, cfg, tokenizer, table, label_names) -> dict | None:
         return None
     started = time.time()
     fit, extra = load_fit(run / BASELINE_WEIGHTS)
-    encoder = FrozenEncoder(cfg.model.name, pad_id_of(tokenizer), str(extra["pooling"]), cfg.train.eval_batch_size)
+    encoder = FrozenEncoder(cfg.model.name, pad_id_of(tokenizer), str(extra["pooling"]), cfg.train.eval_batch_size,
+                            cfg.train.precision)
     features = encoder.features(tokenize(table.texts, tokenizer, cfg.model.max_length))
     result = full_metrics(fit.logits(features), encode_labels(table, label_names), label_names, seed=cfg.train.seed)
     train_metrics = files.read_json(run / "metrics.json", "rerun the quickstart with --overwrite")
@@ -58,23 +59,31 @@ def _baseline_on_eval(run, cfg, tokenizer, table, label_names) -> dict | None:
     return result
 
 
-def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = False, log=print) -> dict:
-    """Train, evaluate and predict with the bundled sample; returns a summary (also summary.json)."""
+def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = False, overrides=(), log=print) -> dict:
+    """Train, evaluate and predict with the bundled sample; returns a summary (also summary.json).
+    `overrides`: `section.key=value` strings applied to the minilm-quickstart recipe (as --set)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     train_file, eval_file = sample_files()
-    cfg = load_config("minilm-quickstart", [f"model.name={minilm_path()}", f"data.train={train_file}"])
+    fixed = {"model.name": minilm_path(), "data.train": str(train_file)}
+    for item in overrides:
+        if item.split("=", 1)[0].strip() in fixed:
+            raise UserError(f"--set {item}: the quickstart uses the bundled MiniLM and sample; "
+                            f"for your own model or data use `budgetlora train`")
+    cfg = load_config("minilm-quickstart", [f"{k}={v}" for k, v in fixed.items()] + list(overrides))
     started = time.time()
     log(f"quickstart: MiniLM-L6 + LoRA on {train_file.name} (AG News sample), evaluating on {eval_file.name}")
-    train(cfg, out / "run", overwrite=overwrite, log=log)
+    train_metrics = train(cfg, out / "run", overwrite=overwrite, log=log)
 
-    # evaluate and predict the held-out sample from one pass of the trained model
-    model, tokenizer, cfg, label_names = load_run(out / "run")
+    # evaluate and predict the held-out sample from one pass of the trained model, merged, in the
+    # precision the deploy path picks (train.precision auto: bf16 on a CPU with native bf16)
+    predictor = load_predictor(out / "run", precision=cfg.train.precision)
+    label_names, tokenizer = predictor.label_names, predictor.tokenizer
     table = read_table(str(eval_file), cfg.data, split="test")
-    logits = table_logits(model, tokenizer, cfg, table)
+    logits = predictor_logits(predictor, table.texts, progress=cfg.train.progress)
     metrics = full_metrics(logits, encode_labels(table, label_names), label_names, seed=cfg.train.seed)
-    metrics["data"] = str(eval_file)
+    metrics.update(data=str(eval_file), precision=predictor.precision)
     files.write_json(out / "eval_metrics.json", metrics)
     predictions = out / "predictions.csv"
     write_predictions(prediction_frame(table, logits, label_names), predictions,
@@ -90,6 +99,10 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
         "eval_macro_f1": metrics["macro_f1"],
         "eval_rows": metrics["n"],
         "wall_seconds": time.time() - started,
+        "precision": metrics["precision"],
+        "train_rows": train_metrics["train_rows"],
+        "train_samples_per_s": train_metrics["train_samples_per_s"],
+        "seed": cfg.train.seed,
         "run_dir": str(out / "run"),
         "eval_metrics": str(out / "eval_metrics.json"),
         "predictions": str(predictions),

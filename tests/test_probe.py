@@ -33,6 +33,47 @@ def test_fit_is_deterministic_and_separates_blobs():
     assert two.coef.shape == (3, 16) and (two.logits(x[y < 2]).argmax(1) == y[y < 2]).mean() > 0.95
 
 
+def test_c_walk_stops_at_the_first_worse_c_and_picks_what_the_full_grid_picks(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from budgetlora.training.probe import C_GRID, fit_probe
+
+    rng = np.random.default_rng(1)
+    y = np.arange(600) % 4
+    x = rng.normal(size=(600, 64)).astype(np.float32) + 0.6 * np.eye(4, 64)[y]  # noisy: a middle C wins
+    seen = []
+    fit = LogisticRegression.fit
+
+    def counting_fit(self, X, y, *a, **k):
+        seen.append(self.C)
+        return fit(self, X, y, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", counting_fit)
+    walked = fit_probe(x, y, 4)
+    tried = sorted(set(seen))
+    assert max(tried) < max(C_GRID)  # stopped before the costliest C
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    z = (x - x.mean(0)) / x.std(0)
+    scores = [cross_val_score(LogisticRegression(C=c, max_iter=2000, tol=1e-4), z, y,
+                              cv=StratifiedKFold(3, shuffle=False)).mean() for c in C_GRID]
+    assert walked.C == C_GRID[int(np.argmax(scores))] and min(C_GRID) < walked.C  # the full grid's pick, inside it
+
+
+def test_bf16_features_match_fp32_and_are_cached_apart(tiny_model_dir):
+    from budgetlora.training.probe import FrozenEncoder
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 100, size=n) for n in (5, 9, 17, 12)]
+    fp32 = FrozenEncoder(str(tiny_model_dir), 1, "mean", precision="fp32")
+    bf16 = FrozenEncoder(str(tiny_model_dir), 1, "mean", precision="bf16")
+    a, b = fp32.features(ids), bf16.features(ids)
+    assert fp32.precision == "fp32" and bf16.precision == "bf16" and b.dtype == np.float32
+    assert not bf16.cache_hits  # a cached fp32 result is not handed out as bf16
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(a, b)
+
+
 def test_pooling_is_read_from_a_sentence_transformers_folder(tmp_path, tiny_model_dir):
     from budgetlora.training.probe import detect_pooling
 

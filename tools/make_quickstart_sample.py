@@ -8,10 +8,12 @@ disjoint, stratified, seeded samples:
     budgetlora/assets/quickstart/eval.csv.gz
 
 Rows are made disjoint both by row and by text: duplicate texts are dropped
-before splitting, so no text can appear in both files.
+before splitting, so no text can appear in both files. The evaluation rows are
+carved first, so they do not depend on --n-train. `--dev-out FILE` writes the
+rows neither file holds: the place to tune the quickstart recipe, never on eval.
 
 Usage (from the repository root):
-    python tools/make_quickstart_sample.py [SOURCE_CSV] [--n-train N] [--n-eval N] [--seed S]
+    python tools/make_quickstart_sample.py [SOURCE_CSV] [--n-train N] [--n-eval N] [--seed S] [--dev-out FILE]
 """
 import argparse
 import gzip
@@ -40,9 +42,10 @@ def main() -> None:
     ap.add_argument("source", nargs="?", default=str(DEFAULT_SOURCE),
                     help="AG News CSV(.gz) with header text,label (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
-    ap.add_argument("--n-train", type=int, default=3400, help="training rows (default: %(default)s)")
-    ap.add_argument("--n-eval", type=int, default=1000, help="evaluation rows (default: %(default)s)")
+    ap.add_argument("--n-train", type=int, default=10000, help="training rows (default: %(default)s)")
+    ap.add_argument("--n-eval", type=int, default=2000, help="evaluation rows (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    ap.add_argument("--dev-out", help="also write the rows left over (tuning rows, not shipped) to this CSV(.gz)")
     args = ap.parse_args()
 
     df = pd.read_csv(args.source)
@@ -56,10 +59,15 @@ def main() -> None:
     if args.n_train + args.n_eval > len(df):
         raise SystemExit(f"asked for {args.n_train + args.n_eval} rows, only {len(df)} unique texts")
 
-    train, evaluation = train_test_split(
-        df, train_size=args.n_train, test_size=args.n_eval,
-        stratify=df["label"], random_state=args.seed, shuffle=True,
+    evaluation, rest = train_test_split(
+        df, train_size=args.n_eval, stratify=df["label"], random_state=args.seed, shuffle=True,
     )
+    if args.n_train < len(rest):
+        train, dev = train_test_split(
+            rest, train_size=args.n_train, stratify=rest["label"], random_state=args.seed, shuffle=True,
+        )
+    else:
+        train, dev = rest, rest.iloc[:0]
     assert not set(train.index) & set(evaluation.index)
     assert not set(train["text"]) & set(evaluation["text"])
 
@@ -70,6 +78,10 @@ def main() -> None:
         write_csv_gz(part[["text", "label"]].reset_index(drop=True), path)
         counts = part["label"].value_counts().sort_index().to_dict()
         print(f"wrote {path} rows={len(part)} labels={counts} bytes={path.stat().st_size}")
+    if args.dev_out:
+        assert not set(dev["text"]) & (set(train["text"]) | set(evaluation["text"]))
+        write_csv_gz(dev[["text", "label"]].reset_index(drop=True), Path(args.dev_out))
+        print(f"wrote {args.dev_out} rows={len(dev)} (tuning rows, not shipped)")
 
 
 if __name__ == "__main__":

@@ -563,7 +563,7 @@ class Recipe:
         n = self.labelled_rows  # the labelled rows only: no augmentation, no pseudo labels
         b, fit = baseline(cfg.model.name, data.pad_id, data.label_names, (data.train_ids[:n], data.y_train[:n]),
                           (data.val_ids, data.y_val), test=test, seed=cfg.train.seed,
-                          batch_size=cfg.train.eval_batch_size)
+                          batch_size=cfg.train.eval_batch_size, precision=cfg.train.precision)
         if self.main:
             save_fit(self.out / BASELINE_WEIGHTS, fit, pooling=b["pooling"])
         self.log(baseline_line(b, result))
