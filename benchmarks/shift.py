@@ -20,8 +20,9 @@ recipe, default the quickstart's with the real MiniLM):
     selftrain-control  the same round with threshold 1.0: nothing joins, so it isolates the extra
                 round of training (compute-matched control for selftrain)
     synonyms    data.synonym_rate=0.1 (one WordNet copy per training row; needs NLTK_DATA with wordnet)
+    lpft        head.init=probe: LP-FT, the head fitted by logistic regression before fine-tuning
 
-More arms: --arm 'lpft:head.init=probe' (NAME:OVERRIDE[;OVERRIDE...]), e.g. LP-FT once it exists.
+More arms: --arm 'NAME:OVERRIDE[;OVERRIDE...]', e.g. --arm 'r16:adapter.r=16;adapter.alpha=32'.
 Generative augmentation (`budgetlora augment generate`) is not an arm: it needs a pretrained causal
 LM (GPT-2), and none is available offline here; a randomly initialised one writes noise.
 
@@ -29,7 +30,7 @@ Both accuracies are measured the same way (`evaluate_run` on the finished run, f
 to --json as they come (a rerun skips runs already in it with the same settings).
 
     NLTK_DATA=../shared/data/nltk_data python benchmarks/shift.py --json benchmarks/results/shift-cpu-minilm.json
-    python benchmarks/shift.py --arms base,lpft --arm 'lpft:head.init=probe' --json results/lpft.json
+    python benchmarks/shift.py --arms base,lpft --json benchmarks/results/shift-lpft-cpu-minilm.json
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ ARMS = {
     "selftrain": ["data.unlabelled={pool}", "selftrain.rounds=1", "selftrain.threshold=0.9", "selftrain.balance=prior"],
     "selftrain-control": ["data.unlabelled={pool}", "selftrain.rounds=1", "selftrain.threshold=1.0"],
     "synonyms": ["data.synonym_rate=0.1"],
+    "lpft": ["head.init=probe"],
 }
 
 
