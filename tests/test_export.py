@@ -176,7 +176,8 @@ def test_real_minilm_exports_to_hf_onnx_and_int8_with_equal_predictions(tmp_path
     assert manifest["checks"]["hf_max_abs_diff"] <= 1e-4 and manifest["checks"]["onnx_max_abs_diff"] <= 1e-3
     texts, ours = own_logits(tmp_path / "run", eval_file)
     texts, ours = texts[:200], ours[:200]
-    classify = pipeline("text-classification", model=str(tmp_path / "export"))
+    # the quickstart recipe has the mean head: its export ships its modeling file (remote code)
+    classify = pipeline("text-classification", model=str(tmp_path / "export"), trust_remote_code=True)
     labels = json.loads((tmp_path / "run" / "labels.json").read_text())
     assert [r["label"] for r in classify(texts[:8])] == [labels[i] for i in ours[:8].argmax(1)]
     for backend, atol in [("torch", 1e-4), ("onnx", 1e-3)]:
