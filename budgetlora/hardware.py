@@ -91,6 +91,13 @@ def inference_batch_tokens(device: str) -> int | None:
     return CPU_BATCH_TOKENS if device == "cpu" else None
 
 
+def torch_dtype(precision: str):
+    """The torch dtype a chosen precision (fp32 / bf16 / fp16) computes in."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def choose(requested: str, device: str) -> Choice:
     """The precision `requested` (auto / fp32 / bf16 / fp16) means on `device` ("cpu" or "cuda")."""
     import torch

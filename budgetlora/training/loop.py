@@ -226,7 +226,7 @@ class Recipe:
         self.model.to(accelerator.device)
         head_init = self._init_head() if self.saved is None else None  # LP-FT: before step 0, never on resume
         if self.precision.value in ("bf16", "fp16"):  # after counting: the budget counts fp32 weights
-            store_frozen_encoder_in(self.model, torch.bfloat16 if self.precision.value == "bf16" else torch.float16)
+            store_frozen_encoder_in(self.model, hardware.torch_dtype(self.precision.value))
         if cfg.train.fast_dropout and accelerator.device.type == "cpu":
             use_fast_dropout(self.model)
         self.optimizer = _optimizer(cfg, self.model)

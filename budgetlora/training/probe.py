@@ -184,15 +184,14 @@ class FrozenEncoder:
             from transformers import AutoModel
 
             from ..adapters.model import _model_error, quiet_transformers
-            from ..hardware import inference_device
+            from ..hardware import inference_device, torch_dtype
 
             quiet_transformers()
             try:
                 encoder = AutoModel.from_pretrained(self.model_name, dtype=torch.float32)
             except Exception as e:  # noqa: BLE001 -- OSError, ValueError, HTTP errors: all mean "cannot load"
                 raise _model_error(self.model_name, e) from None
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-            self._encoder = encoder.to(inference_device(), dtype).eval()
+            self._encoder = encoder.to(inference_device(), torch_dtype(self.precision)).eval()
         return self._encoder
 
     def features(self, token_ids: list[np.ndarray]) -> np.ndarray:
