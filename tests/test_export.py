@@ -4,6 +4,7 @@ names and budgetlora's logits, ONNX equal to torch at every shape, int8, and the
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM,
@@ -107,6 +108,8 @@ def test_onnx_equals_torch_at_every_batch_size_and_length(head, tiny_model_dir, 
     export_run(run, tmp_path / "export", ["hf", "onnx", "onnx-int8"], log=lambda m: None)
     assert (tmp_path / "export" / "onnx" / "model.onnx").is_file()
     assert {"config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "export").iterdir()}
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "export" / "onnx" / "model.onnx")).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops  # eager attention traced, not SDPA's masked-row guard
     torch_side = load_predictor(tmp_path / "export", backend="torch")
     onnx_side = load_predictor(tmp_path / "export", backend="onnx")
     int8_side = load_predictor(tmp_path / "export", backend="onnx-int8")
