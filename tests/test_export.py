@@ -2,6 +2,8 @@
 names and budgetlora's logits, ONNX equal to torch at every shape, int8, and the refusals."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -87,6 +89,24 @@ def test_a_pooled_head_export_refuses_to_load_without_remote_code(tiny_model_dir
     export_run(run, tmp_path / "export", ["hf"], log=lambda m: None)
     with pytest.raises(ValueError, match="trust_remote_code"):  # never a stock head with random weights
         AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "export"), trust_remote_code=False)
+
+
+def test_a_pooled_head_export_loads_in_a_fresh_process_without_asking_to_run_custom_code(
+        tiny_model_dir, synthetic_csv, tmp_path):
+    """The tokenizer of a remote-code export loaded without trust_remote_code made transformers ask
+    on stdin ("Do you wish to run the custom code?"): a server with an open stdin hung there."""
+    run = trained(tmp_path, tiny_model_dir, synthetic_csv, "head.type=mean")
+    export_run(run, tmp_path / "export", ["hf", "onnx"], log=lambda m: None)
+    script = ("import sys; from budgetlora import load_predictor; "
+              "[print(load_predictor(sys.argv[1], backend=b).predict(['some news']).shape) for b in ('onnx', 'torch')]")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "export")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = child.communicate(timeout=120)  # stdin stays open, as under a service manager
+    finally:
+        child.kill()
+    assert "custom code" not in output and child.returncode == 0, output[-2000:]
+    assert output.count("(1, 4)") == 2
 
 
 @pytest.mark.slow

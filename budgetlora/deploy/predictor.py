@@ -167,6 +167,8 @@ def _run_info(path: Path, cfg) -> dict:
 def _load_export(path: Path, backend: str | None, threads: int | None, precision: str) -> Predictor:
     from transformers import AutoTokenizer
 
+    from ..adapters.model import quiet_transformers
+
     manifest = files.read_json(path / EXPORT_MANIFEST, "export the run again with --overwrite")
     formats = manifest.get("formats", [])
     if backend is None:
@@ -176,7 +178,10 @@ def _load_export(path: Path, backend: str | None, threads: int | None, precision
     if wanted not in formats:
         raise UserError(f"{path} holds no {wanted} export (it has: {', '.join(formats) or 'none'}); "
                         f"export it with --format {wanted}, or choose --backend from those")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    quiet_transformers()
+    # the tokenizer needs no model code; left unset, transformers asks on stdin whether to run a
+    # pooled-head export's modeling file (and a service with an open stdin waits there)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     label_names = list(manifest["label_names"])
     info = {k: manifest.get(k) for k in ("model", "method", "head", "trainable", "budget")}
     info["budgetlora_version"] = manifest.get("budgetlora_version")
