@@ -130,6 +130,11 @@ def test_onnx_equals_torch_at_every_batch_size_and_length(head, tiny_model_dir, 
     assert {"config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "export").iterdir()}
     ops = {node.op_type for node in onnx.load(str(tmp_path / "export" / "onnx" / "model.onnx")).graph.node}
     assert "Softmax" in ops and "IsNaN" not in ops  # eager attention traced, not SDPA's masked-row guard
+    int8 = onnx.load(str(tmp_path / "export" / "onnx" / "model_quantized.onnx")).graph
+    scales = {t.name: list(t.dims) for t in int8.initializer}
+    weight_scales = [scales[node.input[3]] for node in int8.node if node.op_type == "MatMulInteger"
+                     and len(node.input) > 3 and node.input[3] in scales and node.input[1] in scales]
+    assert weight_scales and all(dims and dims[0] > 1 for dims in weight_scales)  # one zero point per output channel
     torch_side = load_predictor(tmp_path / "export", backend="torch")
     onnx_side = load_predictor(tmp_path / "export", backend="onnx")
     int8_side = load_predictor(tmp_path / "export", backend="onnx-int8")

@@ -243,8 +243,10 @@ def export_graph(model, path: Path) -> None:
 
 
 def quantize(graph: Path, out: Path) -> None:
-    """onnxruntime dynamic int8 quantisation (weights int8, activations quantised at run time),
-    after onnxruntime's recommended pre-processing (shape inference + graph optimisation)."""
+    """onnxruntime dynamic int8 quantisation (weights int8 with one scale per output channel,
+    activations quantised at run time), after onnxruntime's recommended pre-processing (shape
+    inference + graph optimisation). Per channel: on the quickstart's MiniLM the per-tensor scale
+    cost 0.45 points of held-out accuracy (3 seeds) and per-channel none, at the same speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -253,7 +255,7 @@ def quantize(graph: Path, out: Path) -> None:
         with quiet_exporters():
             quant_pre_process(str(graph), str(prepared), auto_merge=True)
             with files.atomic_path(out) as tmp:
-                quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         prepared.unlink(missing_ok=True)
 
