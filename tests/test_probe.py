@@ -148,6 +148,37 @@ def test_config_refuses_bad_values_in_one_line():
     assert load_config("default").head.init == "random" and load_config("default").train.baseline == "none"
 
 
+def test_lpft_with_a_baseline_fits_one_probe_for_both_in_one_feature_pass(tiny_model_dir, synthetic_csv, tmp_path,
+                                                                          monkeypatch):
+    """head.init=probe + train.baseline=probe with a head that pools as the baseline (linear: the
+    first token, what a plain folder's baseline pools): the frozen features of the training rows
+    are computed once and the head starts as the baseline's probe, which it reproduces."""
+    from budgetlora.training import probe
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("LP-FT computed its own features beside the baseline's")
+
+    monkeypatch.setattr(probe, "head_features", no_second_pass)
+    passes = []
+    pooled = probe._pooled
+
+    def counting(encoder, token_ids, *args, **kwargs):
+        passes.append(len(token_ids))
+        return pooled(encoder, token_ids, *args, **kwargs)
+
+    monkeypatch.setattr(probe, "_pooled", counting)
+    monkeypatch.setenv("BUDGETLORA_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "head.type=linear", "head.init=probe", "train.baseline=probe",
+                      "train.precision=fp32", "train.max_steps=1", "train.lr=1e-6")
+    m = train(cfg, tmp_path / "run", **quiet)
+    init, base = m["head_init"], m["baseline"]
+    assert passes == [m["train_rows"], m["val_rows"]]  # training rows once, validation rows once
+    assert (init["C"], init["cv_accuracy"], init["train_accuracy"], init["rows"]) == \
+        (base["C"], base["cv_accuracy"], base["train_accuracy"], base["train_rows"])
+    # before any step the model's logits are the probe's: the same validation accuracy
+    assert abs(init["val_accuracy"] - base["val"]["accuracy"]) <= 1 / m["val_rows"] and init["val_accuracy"] > 0.8
+
+
 @pytest.mark.slow
 def test_lpft_run_reports_its_head_and_baseline_and_resumes_to_the_same_weights(tiny_model_dir, synthetic_csv,
                                                                                tmp_path, monkeypatch):

@@ -224,6 +224,7 @@ class Recipe:
             rundir.create(self.plan, cfg.to_yaml(), self.data.label_names, self.breakdown.to_dict())
         accelerator.wait_for_everyone()
         self.model.to(accelerator.device)
+        self.fitted_baseline = None  # the baseline's probe, when LP-FT fitted it at setup
         head_init = self._init_head() if self.saved is None else None  # LP-FT: before step 0, never on resume
         if self.precision.value in ("bf16", "fp16"):  # after counting: the budget counts fp32 weights
             store_frozen_encoder_in(self.model, hardware.torch_dtype(self.precision.value))
@@ -321,16 +322,33 @@ class Recipe:
         cfg, data = self.cfg, self.data
         if cfg.head.init != "probe":
             return None
-        from .probe import init_head
+        from .probe import fit_baseline, head_init_from_baseline, init_head
 
-        info = init_head(self.model, data.train_ids, data.y_train, data.pad_id, model_name=cfg.model.name,
-                         batch_size=cfg.train.eval_batch_size)
+        if self._head_shares_baseline():
+            self.fitted_baseline = fit_baseline(cfg.model.name, data.pad_id, len(data.label_names),
+                                                (data.train_ids, data.y_train), batch_size=cfg.train.eval_batch_size,
+                                                precision=cfg.train.precision)
+            info = head_init_from_baseline(self.model, self.fitted_baseline)
+        else:
+            info = init_head(self.model, data.train_ids, data.y_train, data.pad_id, model_name=cfg.model.name,
+                             batch_size=cfg.train.eval_batch_size)
         # every process scores all validation rows (a few hundred, once): no gather at setup
         val_logits = compute_logits(self.model, data.val_ids, cfg.train.eval_batch_size, data.pad_id)
         info["val_accuracy"] = quick_metrics(val_logits, data.y_val)["accuracy"]
         self.log(f"head.init=probe: {info['layer']} fitted on {info['rows']} training rows (C={info['C']:g}) in "
                  f"{info['seconds']:.1f} s; validation accuracy before any step {info['val_accuracy']:.4f}")
         return info
+
+    def _head_shares_baseline(self) -> bool:
+        """LP-FT can reuse the baseline's fit (probe.head_init_from_baseline): a baseline is run on
+        the same rows (no augmentation rows), the head pools as it does, and the base is not
+        quantised (QLoRA's 4-bit base gives other features than the frozen encoder)."""
+        from .probe import HEAD_POOLING, detect_pooling
+
+        cfg = self.cfg
+        return (cfg.train.baseline == "probe" and self.data.extra_rows == 0
+                and HEAD_POOLING.get(cfg.head.type) == detect_pooling(cfg.model.name)[0]
+                and methods.method_spec(cfg.adapter.method).quantization is None)
 
     def _restore(self) -> TrainState:
         """A fresh state, or the checkpoint's (a run killed before its first checkpoint restarts at step 0)."""
@@ -563,7 +581,8 @@ class Recipe:
         n = self.labelled_rows  # the labelled rows only: no augmentation, no pseudo labels
         b, fit = baseline(cfg.model.name, data.pad_id, data.label_names, (data.train_ids[:n], data.y_train[:n]),
                           (data.val_ids, data.y_val), test=test, seed=cfg.train.seed,
-                          batch_size=cfg.train.eval_batch_size, precision=cfg.train.precision)
+                          batch_size=cfg.train.eval_batch_size, precision=cfg.train.precision,
+                          fitted=self.fitted_baseline)
         if self.main:
             save_fit(self.out / BASELINE_WEIGHTS, fit, pooling=b["pooling"])
         self.log(baseline_line(b, result))

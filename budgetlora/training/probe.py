@@ -13,7 +13,9 @@ Two uses:
   output layer is fitted the same way on the features it actually receives from the model at init
   (the input of its last Linear: BERT's pooler output, RoBERTa's dense+tanh of <s>, the pooled
   tokens of the linear/mean heads; the adapter is the identity at init), then adapter and head are
-  fine-tuned as usual. No parameter is added; the budget counts what it counted before.
+  fine-tuned as usual. No parameter is added; the budget counts what it counted before. With
+  both on and a pooling head that pools as the baseline does, the two share one fit
+  (`head_init_from_baseline`): one pass over the training rows instead of two.
 
 Features are cached on disk (BUDGETLORA_CACHE/features/KEY.npy), keyed by the model (folder and
 weight files' sizes and times, or hub id), the pooling or head, and the token ids (so the texts and
@@ -286,31 +288,55 @@ def load_fit(path: str | Path) -> tuple[ProbeFit, dict]:
 # ---------------------------------------------------------------- the baseline
 
 
-def baseline(model_name: str, pad_id: int, label_names: list[str], train: tuple, val: tuple, *,
-             test: tuple | None = None, seed: int = 0, batch_size: int = 128,
-             pooling: str | None = None, precision: str = "auto") -> tuple[dict, ProbeFit]:
-    """(metrics, fit) of the linear probe: fitted on `train` = (token ids, labels), measured on
-    `val` and, when given, `test` (full_metrics each). Zero adapter parameters."""
-    from ..evaluation.metrics import full_metrics
+@dataclass
+class FittedBaseline:
+    """The baseline's probe fitted on the training rows, before it is measured anywhere."""
 
+    fit: ProbeFit
+    encoder: FrozenEncoder
+    rows: int
+    feature_seconds: float
+    seconds: float
+
+
+def fit_baseline(model_name: str, pad_id: int, num_classes: int, train: tuple, *, batch_size: int = 128,
+                 pooling: str | None = None, precision: str = "auto") -> FittedBaseline:
+    """The linear probe fitted on `train` = (token ids, labels): frozen features, then fit_probe."""
     started = time.perf_counter()
     encoder = FrozenEncoder(model_name, pad_id, pooling, batch_size, precision)
     x_train = encoder.features(train[0])
+    feature_seconds = time.perf_counter() - started
+    fit = fit_probe(x_train, train[1], num_classes)
+    return FittedBaseline(fit, encoder, len(train[0]), feature_seconds, time.perf_counter() - started)
+
+
+def baseline(model_name: str, pad_id: int, label_names: list[str], train: tuple, val: tuple, *,
+             test: tuple | None = None, seed: int = 0, batch_size: int = 128,
+             pooling: str | None = None, precision: str = "auto",
+             fitted: FittedBaseline | None = None) -> tuple[dict, ProbeFit]:
+    """(metrics, fit) of the linear probe: fitted on `train` = (token ids, labels), or `fitted`
+    already (LP-FT shares it), measured on `val` and, when given, `test` (full_metrics each).
+    Zero adapter parameters."""
+    from ..evaluation.metrics import full_metrics
+
+    started = time.perf_counter()
+    if fitted is None:
+        fitted = fit_baseline(model_name, pad_id, len(label_names), train, batch_size=batch_size, pooling=pooling,
+                              precision=precision)
+    encoder, fit = fitted.encoder, fitted.fit
     x_val = encoder.features(val[0])
     x_test = encoder.features(test[0]) if test is not None else None
-    feature_seconds = time.perf_counter() - started
-    fit = fit_probe(x_train, train[1], len(label_names))
     result = {
         "method": "linear_probe", "pooling": encoder.pooling, "pooling_source": encoder.pooling_source,
         "precision": encoder.precision,
         "C": fit.C, "cv_accuracy": fit.cv_accuracy, "train_accuracy": fit.train_accuracy,
-        "train_rows": len(train[0]), "probe_parameters": fit.parameters, "adapter_parameters": 0,
+        "train_rows": fitted.rows, "probe_parameters": fit.parameters, "adapter_parameters": 0,
         "val": full_metrics(fit.logits(x_val), val[1], label_names, seed=seed),
     }
     if x_test is not None:
         result["test"] = full_metrics(fit.logits(x_test), test[1], label_names, seed=seed)
-    result.update(feature_seconds=feature_seconds, features_cached=encoder.cache_hits > 0,
-                  seconds=time.perf_counter() - started)
+    result.update(feature_seconds=fitted.feature_seconds, features_cached=encoder.cache_hits > 0,
+                  seconds=fitted.seconds + time.perf_counter() - started)
     return result, fit
 
 
@@ -456,12 +482,39 @@ def init_head(model: nn.Module, token_ids: list[np.ndarray], labels: np.ndarray,
                 repr(model), _weights_digest(model, skip)], token_ids)
     features, hit = _cached(key, lambda: head_features(model, layer, token_ids, pad_id, batch_size))
     fit = fit_probe(features, labels, layer.out_features)
+    _write_fit(layer, fit)
+    return {"method": "probe", "layer": name, "C": fit.C, "cv_accuracy": fit.cv_accuracy,
+            "train_accuracy": fit.train_accuracy, "rows": len(token_ids), "features_cached": bool(hit),
+            "seconds": time.perf_counter() - started}
+
+
+# a pooling head (head.type) and the baseline pooling its output layer's input equals
+HEAD_POOLING = {"mean": "mean", "linear": "first"}
+
+
+def head_init_from_baseline(model: nn.Module, fitted: FittedBaseline) -> dict:
+    """LP-FT from the baseline's fit: for a pooling head that pools as the baseline does, the
+    output layer's input at init IS the baseline's feature (the frozen encoder's pooled last
+    hidden states; every adapter starts at the identity), up to the rounding of the precision the
+    features ran in. So one pass over the training rows serves both (train.baseline=probe with
+    head.init=probe), instead of two. The caller checks the pooling (HEAD_POOLING)."""
+    layers = output_layers(model)
+    if len(layers) != 1:
+        raise UserError(f"head.init=probe: expected one trainable output layer in the head, found "
+                        f"{[n for n, _ in layers] or 'none'}; use head.init=random")
+    name, layer = layers[0]
+    fit = fitted.fit
+    _write_fit(layer, fit)
+    return {"method": "probe", "layer": name, "C": fit.C, "cv_accuracy": fit.cv_accuracy,
+            "train_accuracy": fit.train_accuracy, "rows": fitted.rows, "features_cached": fitted.encoder.cache_hits > 0,
+            "features": f"the baseline's ({fitted.encoder.pooling}-pooled frozen encoder, {fitted.encoder.precision})",
+            "seconds": fitted.seconds}
+
+
+def _write_fit(layer: nn.Linear, fit: ProbeFit) -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(fit.coef).to(layer.weight))
         if layer.bias is not None:
             layer.bias.copy_(torch.from_numpy(fit.intercept).to(layer.bias))
         else:
             warn("head.init=probe: the output layer has no bias; the probe's intercept is dropped")
-    return {"method": "probe", "layer": name, "C": fit.C, "cv_accuracy": fit.cv_accuracy,
-            "train_accuracy": fit.train_accuracy, "rows": len(token_ids), "features_cached": bool(hit),
-            "seconds": time.perf_counter() - started}
