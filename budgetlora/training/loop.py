@@ -318,7 +318,8 @@ class Recipe:
 
     def _init_head(self) -> dict | None:
         """head.init=probe (LP-FT): the head's output layer fitted on the frozen features of the
-        training rows (probe.init_head), in fp32, before any step; its validation accuracy is logged."""
+        training rows (probe.init_head, in fp32; or the baseline's fit, shared), before any step;
+        its validation accuracy is logged."""
         cfg, data = self.cfg, self.data
         if cfg.head.init != "probe":
             return None
@@ -329,11 +330,15 @@ class Recipe:
                                                 (data.train_ids, data.y_train), batch_size=cfg.train.eval_batch_size,
                                                 precision=cfg.train.precision)
             info = head_init_from_baseline(self.model, self.fitted_baseline)
+            # the model's logits before any step are the probe's on these features (up to rounding),
+            # which the baseline needs at the end anyway (then read from the feature cache)
+            fitted = self.fitted_baseline
+            val_logits = fitted.fit.logits(fitted.encoder.features(data.val_ids))
         else:
             info = init_head(self.model, data.train_ids, data.y_train, data.pad_id, model_name=cfg.model.name,
                              batch_size=cfg.train.eval_batch_size)
-        # every process scores all validation rows (a few hundred, once): no gather at setup
-        val_logits = compute_logits(self.model, data.val_ids, cfg.train.eval_batch_size, data.pad_id)
+            # every process scores all validation rows (a few hundred, once): no gather at setup
+            val_logits = compute_logits(self.model, data.val_ids, cfg.train.eval_batch_size, data.pad_id)
         info["val_accuracy"] = quick_metrics(val_logits, data.y_val)["accuracy"]
         self.log(f"head.init=probe: {info['layer']} fitted on {info['rows']} training rows (C={info['C']:g}) in "
                  f"{info['seconds']:.1f} s; validation accuracy before any step {info['val_accuracy']:.4f}")
