@@ -5,12 +5,12 @@ Runs `budgetlora quickstart` (a fresh process, a fresh feature cache, nothing wa
 and precision, and records what the user sees: held-out accuracy with its bootstrap interval, the
 linear-probe baseline beside it, the quickstart's own wall seconds and the process's (Python
 start and imports included; install excluded), training samples/s, and the machine (CPU model,
-native-bf16 flags). The evaluation rows (budgetlora/assets/quickstart/eval.csv.gz) are never
+family, model and vector flags). The evaluation rows (budgetlora/assets/quickstart/eval.csv.gz) are never
 trained or selected on: the recipe was tuned on rows neither bundled file holds
 (tools/make_quickstart_sample.py --dev-out).
 
 `--precision fp32` forces the fp32 path (train.precision=fp32): what a CPU without native bf16
-runs, measured here on whatever CPU this is (the bf16 flags are recorded beside it).
+runs, measured here on whatever CPU this is (its family, model and vector flags are recorded beside it).
 
     python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--out FILE.json]
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from speedbench.machine import cpu_flags, cpu_model, device_name  # noqa: E402
+from speedbench.machine import cpu_identity, cpu_model, device_name  # noqa: E402
 
 
 def run_once(seed: int, precision: str, workdir: Path) -> dict:
@@ -74,9 +74,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
-    flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "amx_tile"})
     result = {"benchmark": "quickstart", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "device": device_name(), "cpu": cpu_model(), "cpu_bf16_flags": flags,
+              "device": device_name(), "cpu": cpu_model(), "cpu_identity": cpu_identity(),
               "command": "budgetlora quickstart --set train.seed=S --set train.precision=P", "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp:
         for seed in seeds:  # interleaved: a slow spell on a shared machine hits every precision alike

@@ -35,7 +35,7 @@ def main() -> None:
     started = time.time()
     m = train(cfg, out, overwrite=True, log=lambda s: None)
     trained = time.time()
-    dev = evaluate_run(out, args.dev, precision="bf16")
+    dev = evaluate_run(out, args.dev, precision="auto")  # bf16 only where the CPU has it natively
     row = dict(name=args.name, seed=args.seed, overrides=args.overrides, dev_acc=dev["accuracy"],
                val_acc=m["val"]["accuracy"], kept_step=m["best_step"], steps=m["steps"], train_rows=m["train_rows"],
                train_samples_per_s=m["train_samples_per_s"], train_call_s=round(trained - started, 1),

@@ -104,6 +104,9 @@ def choose(requested: str, device: str) -> Choice:
 
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "bf16" and device == "cpu" and not native_bf16_cpu():
+        return Choice("bf16", "set in the configuration, but this CPU has no native bf16 (no avx512_bf16/amx_bf16): "
+                              "bf16 runs emulated, many times slower than fp32; precision auto picks fp32 here")
     if requested != "auto":
         return Choice(requested, "set in the configuration")
     if device.startswith("cuda"):

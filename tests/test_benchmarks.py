@@ -1,6 +1,6 @@
 """benchmarks/speed.py end to end on the tiniest settings: every pipeline runs, the JSON has its
 shape, and budgetlora's loop is timed through its public Hooks. No figure is checked: timings
-belong to the benchmark, not to tests. About 15 s on 2 cores (one subprocess, three pipelines of
+belong to the benchmark, not to tests. About 20 s on 2 cores (one subprocess, four pipelines of
 one step each on the tiny model), so it stays in the default suite."""
 
 import json
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-PIPELINES = ["trainer-published", "trainer-tuned", "budgetlora"]
-REPORT_KEYS = {"command", "device", "cpu_model", "cuda", "torch_threads", "versions", "model", "peak_tflops",
+PIPELINES = ["trainer-published", "trainer-tuned", "budgetlora", "budgetlora+sdpa"]
+REPORT_KEYS = {"command", "device", "cpu_model", "cpu", "cuda", "torch_threads", "versions", "model", "peak_tflops",
                "peak_tflops_how", "memory_measure", "recipe", "args", "summary", "runs", "table_markdown"}
 
 
@@ -49,6 +49,8 @@ def test_speed_benchmark_smoke(long_tiny_model, synthetic_csv, tmp_path):
     assert set(variants) == {"auto", "fp32", "onnx-int8"}
     assert all(v["samples_per_s"] > 0 and 0 <= v["accuracy"] <= 1 for v in variants.values()), variants
     assert runs["budgetlora"]["precision_used"] in ("fp32", "bf16")
+    assert runs["budgetlora"]["attention"] == "eager"  # auto on a CPU
+    assert runs["budgetlora+sdpa"]["attention"] == "sdpa"  # the ablation modifier reaches the run's config
     assert set(report["peak_tflops"]) == {"fp32", "bf16"} and all(v > 0 for v in report["peak_tflops"].values())
     assert all(r["mfu"] > 0 for r in report["runs"])
     assert len({r["trainable_params"] for r in report["runs"]}) == 1  # the same model trained everywhere

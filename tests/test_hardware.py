@@ -37,6 +37,16 @@ def test_an_explicit_precision_is_kept_and_an_unknown_one_refused():
         hardware.choose("int4", "cpu")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_on_a_cpu_without_native_bf16_is_kept_with_a_warning(native, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    choice = hardware.choose("bf16", "cpu")
+    assert choice.value == "bf16"
+    assert ("emulated" in choice.reason) is not native
+    assert "emulated" not in hardware.choose("fp32", "cpu").reason
+
+
 def test_each_launched_process_infers_on_its_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

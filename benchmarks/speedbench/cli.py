@@ -18,7 +18,7 @@ from .reference import build_peft_model, count_encoder_params
 from .report import build_report, derive, fmt, format_tables, summarise, write_json
 from .specs import Spec, parse_spec, steps_for
 
-MODIFIERS = "+bN +nogroup +group +dynpad +maxpad +nodrop +fp32 +bf16 +tokens +torchdrop"
+MODIFIERS = "+bN +nogroup +group +dynpad +maxpad +nodrop +fp32 +bf16 +tokens +torchdrop +sdpa +eager"
 
 
 def build_parser() -> argparse.ArgumentParser:

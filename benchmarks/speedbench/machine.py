@@ -14,17 +14,30 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "B200": 2250.0,
                    "L4": 121.0, "A10": 125.0}
 
 
+# The flags that decide which matmul kernels a CPU runs (fp32 AVX2 / AVX-512, int8 VNNI, native bf16)
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
 def cpuinfo_value(key: str) -> str | None:
-    """The first /proc/cpuinfo value for `key` ("model name", "cpu MHz", "flags")."""
+    """The first /proc/cpuinfo value for exactly `key` ("model name", "model", "cpu MHz", "flags")."""
     with contextlib.suppress(Exception):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     return None
 
 
 def cpu_model() -> str:
     return cpuinfo_value("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity() -> dict:
+    """Which CPU this is beyond its model name, which a VM may keep generic ("AMD EPYC" for a Zen 1
+    with AVX2 only and for a Zen 4 with avx512_bf16): vendor, family and model numbers, and the
+    vector flags that decide the kernels."""
+    return {"model_name": cpu_model(), "vendor": cpuinfo_value("vendor_id"), "family": cpuinfo_value("cpu family"),
+            "model": cpuinfo_value("model"), "vector_flags": sorted(cpu_flags() & set(VECTOR_FLAGS))}
 
 
 def cpu_clock_ghz() -> float | None:
@@ -78,6 +91,13 @@ def default_peak_tflops() -> tuple[dict, str]:
                 peak = GPU_PEAK_TFLOPS[key]
                 return {"bf16": peak, "fp32": peak}, f"{name}: {peak:g} TFLOP/s dense bf16 (spec sheet), for every precision"
         return {"bf16": 989.0, "fp32": 989.0}, f"{name}: unknown GPU, assumed H100 989 TFLOP/s dense bf16; pass --peak-tflops"
-    peaks = {p: measured_matmul_tflops(p) for p in ("fp32", "bf16")}
-    return peaks, (f"measured here: 2048x2048 matmul, {torch.get_num_threads()} threads: fp32 {peaks['fp32']:.3f}, "
-                   f"bf16 {peaks['bf16']:.3f} TFLOP/s; each run's MFU is against the peak of the precision it ran in")
+    from budgetlora.hardware import native_bf16_cpu
+
+    # without native bf16 a 2048x2048 bf16 matmul is emulated (a Zen 1 took minutes for the four
+    # calls, about 200x slower than fp32): a 256x256 one measures the same emulation in seconds
+    bf16_size = 2048 if native_bf16_cpu() else 256
+    peaks = {"fp32": measured_matmul_tflops("fp32"), "bf16": measured_matmul_tflops("bf16", size=bf16_size)}
+    return peaks, (f"measured here, {torch.get_num_threads()} threads: fp32 {peaks['fp32']:.3f} TFLOP/s (2048x2048 "
+                   f"matmul), bf16 {peaks['bf16']:.4f} TFLOP/s ({bf16_size}x{bf16_size}"
+                   f"{'' if bf16_size == 2048 else ', no native bf16 on this CPU'}); each run's MFU is against the "
+                   f"peak of the precision it ran in")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .common import LORA, OPTIM, REFERENCE_BATCH, cuda, log
-from .machine import cpu_model
+from .machine import cpu_identity, cpu_model
 
 MEAN_KEYS = ("loop_samples_per_s", "step_samples_per_s", "loop_tokens_per_s", "mfu", "peak_mem_train_mib",
              "peak_mem_pipeline_mib", "loop_seconds", "wall_seconds", "val_accuracy", "infer_samples_per_s",
@@ -135,6 +135,7 @@ def build_report(args, device: str, model: dict, peak: tuple, mem_kind: str, run
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": device,
         "cpu_model": cpu_model(),
+        "cpu": cpu_identity(),
         "cuda": torch.cuda.get_device_name(0) if cuda() else None,
         "torch_threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -22,6 +22,7 @@ class Spec:
     dropout: float
     batching: str = "rows"  # budgetlora's train.batching
     fast_dropout: bool = True  # budgetlora's train.fast_dropout (its CPU dropout masks)
+    attention: str = "auto"  # budgetlora's model.attention
 
 
 def budgetlora_groups_by_default() -> bool | None:
@@ -62,6 +63,8 @@ def apply_modifier(spec: Spec, mod: str) -> None:
         spec.batching = "tokens"
     elif mod == "torchdrop" and spec.kind == "budgetlora":
         spec.fast_dropout = False
+    elif mod in ("sdpa", "eager") and spec.kind == "budgetlora":
+        spec.attention = mod
     else:
         raise SystemExit(f"unknown modifier +{mod} in {spec.name!r}")
 
