@@ -10,6 +10,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N` runs N workers side by side: one thread each, children too
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -62,7 +64,7 @@ def synthetic_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -96,9 +96,9 @@ def test_a_pooled_head_export_loads_in_a_fresh_process_without_asking_to_run_cus
     """The tokenizer of a remote-code export loaded without trust_remote_code made transformers ask
     on stdin ("Do you wish to run the custom code?"): a server with an open stdin hung there."""
     run = trained(tmp_path, tiny_model_dir, synthetic_csv, "head.type=mean")
-    export_run(run, tmp_path / "export", ["hf", "onnx"], log=lambda m: None)
+    export_run(run, tmp_path / "export", ["hf"], log=lambda m: None)  # the tokenizer loads alike for every backend
     script = ("import sys; from budgetlora import load_predictor; "
-              "[print(load_predictor(sys.argv[1], backend=b).predict(['some news']).shape) for b in ('onnx', 'torch')]")
+              "print(load_predictor(sys.argv[1], backend='torch').predict(['some news']).shape)")
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "export")], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -106,7 +106,7 @@ def test_a_pooled_head_export_loads_in_a_fresh_process_without_asking_to_run_cus
     finally:
         child.kill()
     assert "custom code" not in output and child.returncode == 0, output[-2000:]
-    assert output.count("(1, 4)") == 2
+    assert output.count("(1, 4)") == 1
 
 
 @pytest.mark.slow
