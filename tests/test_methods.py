@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from budgetlora.adapters.budget import count
 from budgetlora.adapters.registry import method_names
 from budgetlora.config import load_config
 from budgetlora.errors import UserError
-from budgetlora.adapters.model import build_model, load_run, merge_and_unload, prepare_head, save_adapter, trainable_state
+from budgetlora.adapters.model import build_model, load_adapter, load_run, merge_and_unload, prepare_head, save_adapter, trainable_state
 
 from .conftest import ROBERTA_BASE, perturbed_model, tiny_config
 
@@ -286,6 +287,13 @@ def test_pruned_adalora_reloads_to_equal_logits_even_from_an_earlier_checkpoint(
             save_adapter(model, folder)
             reloaded = _plain_peft(tiny_model_dir, folder)
             torch.testing.assert_close(reloaded(**_batch()).logits, expected, rtol=0, atol=1e-5)
+            with warnings.catch_warnings(record=True) as caught:  # budgetlora's own loader: no false alarm
+                warnings.simplefilter("always")
+                base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=4)
+                prepare_head(base, "standard")
+                ours = load_adapter(base, folder).eval()
+            assert not [w for w in caught if "rank_pattern" in str(w.message)], [str(w.message) for w in caught]
+            torch.testing.assert_close(ours(**_batch()).logits, expected, rtol=0, atol=1e-5)
         kept = sum(m.lora_E["default"].shape[0] for m in reloaded.modules() if hasattr(m, "lora_E"))
         if state is None:  # the final allocation keeps target_r per module on average
             assert kept == 1 * 6
