@@ -135,6 +135,37 @@ def run_one(recipe: str, overrides: list[str], out: Path, files: dict) -> dict:
     return result
 
 
+def prior_adjusted(run_dir: Path, files: dict) -> dict:
+    """Accuracy with the label-shift correction (budgetlora.evaluation.label_shift): the class mix
+    estimated by EM on target_pool (unlabelled) applied to target_test; and, as `budgetlora predict
+    --adjust-prior` does, each test file's mix estimated on that file itself (no labels read)."""
+    from budgetlora.deploy.predictor import load_predictor
+    from budgetlora.evaluation.label_shift import adjust_logits, estimate_target_prior, label_counts_prior
+    from budgetlora.evaluation.metrics import predictor_logits
+
+    predictor = load_predictor(run_dir, precision="fp32")
+    names = predictor.label_names
+    counts = json.loads((run_dir / "metrics.json").read_text()).get("train_label_counts")
+    origin = "run"
+    if not counts:  # runs trained before metrics.json recorded it: the labelled training file's mix
+        counts, origin = pd.read_csv(files["train"]["path"])["label"].value_counts().to_dict(), "train file"
+    source = label_counts_prior(counts, names)
+    logits, truth = {}, {}
+    for name in ("target_pool", "target_test", "id_test"):
+        frame = pd.read_csv(files[name]["path"], keep_default_na=False)
+        logits[name] = predictor_logits(predictor, frame["text"].astype(str).tolist(), progress=False)
+        truth[name] = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy() if "label" in frame else None
+
+    def accuracy(name, prior):
+        return round(float((adjust_logits(logits[name], source, prior).argmax(1) == truth[name]).mean()), 4)
+
+    from_pool = estimate_target_prior(logits["target_pool"], source)
+    return {"shift_accuracy_prior_from_pool": accuracy("target_test", from_pool),
+            "shift_accuracy_prior_from_itself": accuracy("target_test", estimate_target_prior(logits["target_test"], source)),
+            "id_accuracy_prior_from_itself": accuracy("id_test", estimate_target_prior(logits["id_test"], source)),
+            "estimated_target_prior": dict(zip(names, np.round(from_pool, 4).tolist())), "source_prior_from": origin}
+
+
 def pseudo_label_accuracy(run_dir: Path, labels_csv: Path) -> list[dict]:
     """Per self-training round: how many of the pseudo labels were right (the pool's hidden labels)."""
     truth = pd.read_csv(labels_csv)["label"].to_numpy()
@@ -159,7 +190,8 @@ def summarise(runs: list[dict], arms: list[str]) -> dict:
         if not rows:
             continue
         s = {"seeds": [r["seed"] for r in rows]}
-        for key in ("id_accuracy", "shift_accuracy", "wall_seconds"):
+        extra = ("shift_accuracy_prior_from_pool", "shift_accuracy_prior_from_itself", "id_accuracy_prior_from_itself")
+        for key in ("id_accuracy", "shift_accuracy", "wall_seconds", *[k for k in extra if all(k in r for r in rows)]):
             values = np.array([r[key] for r in rows])
             s[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std(ddof=1)), 4) if len(values) > 1 else None}
         paired = [(r["id_accuracy"] - base[r["seed"]]["id_accuracy"], r["shift_accuracy"] - base[r["seed"]]["shift_accuracy"])
@@ -216,6 +248,8 @@ def main(argv=None) -> int:
         folder = work / "runs" / f"{r['arm']}-s{r['seed']}"
         if "selftrain" in r and "pseudo_label_accuracy" not in r and (folder / "metrics.json").is_file():
             r["pseudo_label_accuracy"] = pseudo_label_accuracy(folder, work / "data" / "target_pool_labels.csv")
+        if "shift_accuracy_prior_from_pool" not in r and (folder / "metrics.json").is_file():
+            r.update(prior_adjusted(folder, files))
     for seed in seeds:  # seed-major: a partial benchmark still compares the arms
         for arm in chosen:
             overrides = common + [o.format(pool=files["target_pool"]["path"]) for o in arms[arm]] + [f"train.seed={seed}"]
@@ -228,6 +262,7 @@ def main(argv=None) -> int:
             if "selftrain" in result:
                 result["pseudo_label_accuracy"] = pseudo_label_accuracy(work / "runs" / f"{arm}-s{seed}",
                                                                         work / "data" / "target_pool_labels.csv")
+            result.update(prior_adjusted(work / "runs" / f"{arm}-s{seed}", files))
             runs.append({"arm": arm, "seed": seed, "overrides": overrides, **result})
             print(f"   {arm} seed {seed}: id {result['id_accuracy']:.4f} shift {result['shift_accuracy']:.4f} "
                   f"({result['wall_seconds']:.0f} s)", flush=True)

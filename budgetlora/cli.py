@@ -183,7 +183,11 @@ def _cmd_predict(args) -> int:
     written = stream_predictions(args.run_dir, args.data, args.out, probabilities=args.probs,
                                  label_names_column=args.label_names, overwrite=args.overwrite,
                                  trust_pickle=args.trust_pickle, data_overrides=args.overrides,
-                                 backend=args.backend, precision=args.precision, chunk_rows=args.chunk_rows)
+                                 backend=args.backend, precision=args.precision, chunk_rows=args.chunk_rows,
+                                 adjust_prior=args.adjust_prior)
+    if written.target_prior is not None:
+        print("class mix estimated on the file (EM), predictions corrected to it: "
+              + ", ".join(f"{name} {share:.3f}" for name, share in written.target_prior.items()))
     if written.main_process:  # under accelerate launch, process 0 wrote the file
         print(f"wrote {written.rows} predictions to {args.out}")
     return 0
@@ -418,6 +422,9 @@ def _declare_predict(sub) -> None:
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
     p.add_argument("--label-names", action="store_true", help="add a LabelName column")
+    p.add_argument("--adjust-prior", action="store_true",
+                   help="label shift: estimate the file's class mix (EM, no labels read) and correct the predictions "
+                        "from the run's training mix to it (docs/shift.md); reads the file twice")
     _add_data_set_arg(p)
     _add_overwrite(p, "--out file")
     _add_trust_pickle(p)

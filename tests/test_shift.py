@@ -94,6 +94,8 @@ def test_with_a_run_class_mix_confidence_saved_json_and_report(small_run, synthe
     assert all(m["prior"] == pytest.approx(0.25) for m in mix.values())  # the training file's balanced labels
     assert mix["sports"]["target"] == max(m["target"] for m in mix.values())  # the model sees the one topic
     assert p["class_mix_tvd"] > 0.25
+    assert sum(m["estimated"] for m in mix.values()) == pytest.approx(1)  # EM from the run's train_label_counts
+    assert mix["sports"]["estimated"] == max(m["estimated"] for m in mix.values()) and "estimated (EM)" in text
     for side in ("target", "validation"):
         assert 0 <= p[side]["low_confidence_share"] <= 1 and 0.25 <= p[side]["mean_confidence"] <= 1
     assert p["target"]["rows"] == 50 and 0 <= p["atc"]["estimated_target_accuracy"] <= 1

@@ -381,6 +381,19 @@ def _training_prior(table, label_names: list[str]) -> tuple[np.ndarray, str] | N
     return np.bincount(labels, minlength=len(label_names)) / len(labels), f"labels of {table.source}"
 
 
+def _estimated_mix(run: Path, names: list[str], target_logits: np.ndarray) -> np.ndarray | None:
+    """The target's class mix by EM (evaluation/label_shift.py) from the run's training mix; None
+    for a run that does not record it (trained before metrics.json had train_label_counts)."""
+    from .. import files
+    from ..evaluation.label_shift import estimate_target_prior, label_counts_prior
+
+    metrics = run / "metrics.json"
+    counts = files.read_json(metrics, "train the run again").get("train_label_counts") if metrics.is_file() else None
+    if not counts or not len(target_logits):
+        return None
+    return estimate_target_prior(target_logits, label_counts_prior(counts, names))
+
+
 def _run_predictions(predictor, run: Path, train_prior, target: list[str], max_rows: int, threshold: float,
                      rng: np.random.Generator, *, progress: bool) -> dict:
     import pandas as pd
@@ -390,8 +403,10 @@ def _run_predictions(predictor, run: Path, train_prior, target: list[str], max_r
 
     names = list(predictor.label_names)
     k = len(names)
-    target_probs = softmax(predictor_logits(predictor, target, progress=progress))
+    target_logits = predictor_logits(predictor, target, progress=progress)
+    target_probs = softmax(target_logits)
     out = {"label_names": names, "target": _confidence_stats(target_probs, threshold)}
+    estimated = _estimated_mix(run, names, target_logits)
     mix = np.bincount(target_probs.argmax(axis=1), minlength=k) / len(target_probs)
     prior, prior_source = train_prior if train_prior is not None else (None, None)
     val_path = run / rundir.VAL_PREDICTIONS
@@ -413,7 +428,8 @@ def _run_predictions(predictor, run: Path, train_prior, target: list[str], max_r
     else:
         out["validation"] = None
         out["note"] = f"{val_path} is missing (a run from an older budgetlora): no validation comparison"
-    out["class_mix"] = {n: {"target": float(mix[i]), "prior": float(prior[i]) if prior is not None else None}
+    out["class_mix"] = {n: {"target": float(mix[i]), "prior": float(prior[i]) if prior is not None else None,
+                            "estimated": float(estimated[i]) if estimated is not None else None}
                         for i, n in enumerate(names)}
     out["prior_source"] = prior_source
     out["class_mix_tvd"] = float(0.5 * np.abs(mix - prior).sum()) if prior is not None else None
@@ -508,7 +524,11 @@ def format_shift(report: dict) -> str:
         lines.append("predicted class mix on target against the training prior:")
         for name, mix in p["class_mix"].items():
             prior = f"{mix['prior']:6.1%}" if mix["prior"] is not None else "     -"
-            lines.append(f"  {name:<20} target {mix['target']:6.1%}  prior {prior}")
+            estimated = f"  estimated (EM) {mix['estimated']:6.1%}" if mix.get("estimated") is not None else ""
+            lines.append(f"  {name:<20} target {mix['target']:6.1%}  prior {prior}{estimated}")
+        if any(mix.get("estimated") is not None for mix in p["class_mix"].values()):
+            lines.append("  estimated: the target's class mix by EM on the run's probabilities; "
+                         "`budgetlora predict --adjust-prior` corrects predictions to it")
         if p.get("note"):
             lines.append(f"  note: {p['note']}")
     return "\n".join(lines)

@@ -88,10 +88,14 @@ def row_bar(total: int | None = None, desc: str = "predict", enabled: bool = Tru
                 disable=not (enabled and sys.stderr.isatty()))
 
 
-def chunk_csv(predictor, chunk, columns: list[str], batch_size: int | None = None) -> bytes:
-    """One chunk's prediction rows as CSV lines (no header), UTF-8."""
+def chunk_logits(predictor, chunk, batch_size: int | None = None) -> np.ndarray:
     texts = chunk.table.texts
-    logits = predictor.logits(predictor.encode(texts) if texts else [], batch_size)  # a header-only file: no rows
+    return predictor.logits(predictor.encode(texts) if texts else [], batch_size)  # a header-only file: no rows
+
+
+def chunk_csv(predictor, chunk, columns: list[str], batch_size: int | None = None, logits: np.ndarray | None = None) -> bytes:
+    """One chunk's prediction rows as CSV lines (no header), UTF-8 (`logits`: already computed)."""
+    logits = chunk_logits(predictor, chunk, batch_size) if logits is None else logits
     frame = prediction_frame(chunk.table, logits, predictor.label_names, start=chunk.start)
     return frame[columns].to_csv(index=False, header=False).encode("utf-8")
 
@@ -108,6 +112,7 @@ class PredictionsWritten:
     out: Path
     rows: int
     main_process: bool = True
+    target_prior: dict[str, float] | None = None  # adjust_prior: the class mix estimated on the file
 
 
 def stream_predictions(
@@ -124,12 +129,16 @@ def stream_predictions(
     precision: str = "fp32",
     chunk_rows: int = CHUNK_ROWS,
     batch_size: int | None = None,
+    adjust_prior: bool = False,
 ) -> PredictionsWritten:
     """Predict every row of `data` chunk by chunk and write `ID,Label[,LabelName][,prob_*]` to
     `out` atomically, in bounded memory; sharded over the processes of `accelerate launch`.
 
     `run_dir`: a run or export folder; `backend`: torch / onnx / onnx-int8 (None: the folder's
-    best); `precision`: fp32 / bf16 / auto (torch backend); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    best); `precision`: fp32 / bf16 / auto (torch backend); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column.
+    `adjust_prior`: estimate the file's class mix (no labels read) and correct the predictions from
+    the run's training mix to it (evaluation/label_shift.py); one process, two reads of the file,
+    the logits (rows x classes) held in memory between them."""
     from ..data import read_table_chunks
     from ..deploy.predictor import load_predictor
     from .shards import current_shard, join_shards, write_shard
@@ -139,6 +148,9 @@ def stream_predictions(
     cfg = reading_config(run_dir, data_overrides)
     columns = output_columns(predictor.label_names, probabilities=probabilities, label_names_column=label_names_column)
     shard = current_shard()
+    if adjust_prior:
+        return _predict_adjusted(predictor, run_dir, data, out, cfg, columns, shard, chunk_rows=chunk_rows,
+                                 trust_pickle=trust_pickle, batch_size=batch_size)
     chunks = read_table_chunks(data, cfg.data, chunk_rows=chunk_rows, trust_pickle=trust_pickle, keep=shard.owns)
     bar = row_bar(enabled=shard.is_main)
     try:
@@ -150,6 +162,46 @@ def stream_predictions(
     finally:
         bar.close()
     return PredictionsWritten(out, rows, shard.is_main)
+
+
+def _predict_adjusted(predictor, run_dir, data, out, cfg, columns, shard, *, chunk_rows, trust_pickle, batch_size):
+    """stream_predictions with the label-shift correction: logits of every chunk, the file's class
+    mix by EM, then the file read again and written with corrected logits."""
+    from ..data import read_table_chunks
+    from ..errors import UserError
+    from .label_shift import adjust_logits, estimate_target_prior
+
+    if shard.count > 1:
+        raise UserError("--adjust-prior estimates the class mix of the whole file in one process; run it without accelerate launch")
+    source = source_prior(run_dir, predictor.label_names)
+    bar = row_bar(desc="predict (pass 1 of 2)")
+    try:
+        logits = []
+        for chunk in read_table_chunks(data, cfg.data, chunk_rows=chunk_rows, trust_pickle=trust_pickle):
+            logits.append(chunk_logits(predictor, chunk, batch_size))
+            bar.update(len(chunk.table))
+    finally:
+        bar.close()
+    every = np.concatenate(logits) if logits else np.empty((0, len(source)), dtype=np.float32)
+    target = estimate_target_prior(every, source) if len(every) else source
+    chunks = read_table_chunks(data, cfg.data, chunk_rows=chunk_rows, trust_pickle=trust_pickle)
+    pieces = ((c.index, chunk_csv(predictor, c, columns, logits=adjust_logits(z, source, target)), len(c.table))
+              for c, z in zip(chunks, logits))
+    rows = _write_whole(out, csv_header(columns), pieces)
+    return PredictionsWritten(out, rows, True, dict(zip(predictor.label_names, np.round(target, 4).tolist())))
+
+
+def source_prior(model_dir: str | Path, label_names: list[str]) -> np.ndarray:
+    """The class mix a run trained on (its metrics.json `train_label_counts`); a UserError if it has none."""
+    from ..errors import UserError
+    from .label_shift import label_counts_prior
+
+    metrics = Path(model_dir) / "metrics.json"
+    counts = files.read_json(metrics, "train the run again").get("train_label_counts") if metrics.is_file() else None
+    if not counts:
+        raise UserError(f"{model_dir} does not record the class mix it trained on (metrics.json train_label_counts, "
+                        "written by runs trained since 2026-12-06); use the run folder, or train it again")
+    return label_counts_prior(counts, label_names)
 
 
 def _counted(pieces, bar):

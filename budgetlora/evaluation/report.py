@@ -232,8 +232,9 @@ def _shift_blocks(shift: dict, figures: dict) -> list[tuple]:
                        word_rows(shift)))
     p = shift.get("predictions")
     if p:
-        blocks.append(("table", ["class", "predicted share of target", "training prior"],
-                       [[name, _pct(m["target"]), _pct(m["prior"]) if m["prior"] is not None else "-"]
+        blocks.append(("table", ["class", "predicted share of target", "training prior", "estimated target share (EM)"],
+                       [[name, _pct(m["target"]), _pct(m["prior"]) if m["prior"] is not None else "-",
+                         _pct(m["estimated"]) if m.get("estimated") is not None else "-"]
                         for name, m in p["class_mix"].items()]))
         blocks.append(("img", figures["shift_confidence"], "histograms of the top probability on target and validation rows"))
     return blocks

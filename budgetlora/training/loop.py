@@ -556,6 +556,9 @@ class Recipe:
             "stopped_early": state.stopped_early, "metric": cfg.train.metric, "best_value": state.best_value,
             "trainable_params": self.breakdown.trainable, "train_rows": len(data.train_ids),
             "train_rows_extra": data.extra_rows, "val_rows": len(data.val_ids), "train_seconds": state.train_seconds,
+            # the class mix the model learned, for label-shift correction (evaluation/label_shift.py)
+            "train_label_counts": dict(zip(data.label_names, np.bincount(data.y_train, minlength=len(data.label_names))
+                                           .tolist())),
             "train_samples_per_s": state.samples_per_s(),
             "train_tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
             "wall_seconds": time.time() - self.t_start, "device": str(self.accelerator.device),
