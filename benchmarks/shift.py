@@ -19,6 +19,8 @@ recipe, default the quickstart's with the real MiniLM):
     selftrain   data.unlabelled=target_pool, one round, threshold 0.9, balance prior
     selftrain-control  the same round with threshold 1.0: nothing joins, so it isolates the extra
                 round of training (compute-matched control for selftrain)
+    selftrain-adjusted  selftrain with selftrain.adjust_prior: the pool's class mix estimated
+                (label shift) before the pseudo labels are chosen
     synonyms    data.synonym_rate=0.1 (one WordNet copy per training row; needs NLTK_DATA with wordnet)
     lpft        head.init=probe: LP-FT, the head fitted by logistic regression before fine-tuning
 
@@ -26,7 +28,9 @@ More arms: --arm 'NAME:OVERRIDE[;OVERRIDE...]', e.g. --arm 'r16:adapter.r=16;ada
 Generative augmentation (`budgetlora augment generate`) is not an arm: it needs a pretrained causal
 LM (GPT-2), and none is available offline here; a randomly initialised one writes noise.
 
-Both accuracies are measured the same way (`evaluate_run` on the finished run, fp32). Results go
+Both accuracies are measured the same way (`evaluate_run` on the finished run, fp32), and again
+with the label-shift correction of `budgetlora predict --adjust-prior` (the class mix estimated on
+target_pool, or on each test file itself; budgetlora/evaluation/label_shift.py). Results go
 to --json as they come (a rerun skips runs already in it with the same settings).
 
     NLTK_DATA=../shared/data/nltk_data python benchmarks/shift.py --json benchmarks/results/shift-cpu-minilm.json
@@ -59,6 +63,8 @@ ARMS = {
     "base": [],
     "selftrain": ["data.unlabelled={pool}", "selftrain.rounds=1", "selftrain.threshold=0.9", "selftrain.balance=prior"],
     "selftrain-control": ["data.unlabelled={pool}", "selftrain.rounds=1", "selftrain.threshold=1.0"],
+    "selftrain-adjusted": ["data.unlabelled={pool}", "selftrain.rounds=1", "selftrain.threshold=0.9",
+                           "selftrain.balance=prior", "selftrain.adjust_prior=true"],
     "synonyms": ["data.synonym_rate=0.1"],
     "lpft": ["head.init=probe"],
 }
@@ -204,6 +210,16 @@ def summarise(runs: list[dict], arms: list[str]) -> dict:
     return out
 
 
+def known_arms(previous: dict, specs: list[str]) -> dict[str, list[str]]:
+    """The built-in arms, the arms an earlier invocation recorded in the JSON (so their runs stay
+    reportable), and NAME:OVERRIDE[;OVERRIDE...] specs from --arm; later ones win."""
+    arms = {**previous.get("arms", {}), **ARMS}
+    for spec in specs:
+        name, _, sets = spec.partition(":")
+        arms[name.strip()] = [s.strip() for s in sets.split(";") if s.strip()]
+    return arms
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(SHARED / "ag_news" / "train.csv.gz"))
@@ -222,10 +238,9 @@ def main(argv=None) -> int:
 
     if (SHARED / "nltk_data").is_dir():
         os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
-    arms = dict(ARMS)
-    for spec in args.arm:
-        name, _, sets = spec.partition(":")
-        arms[name.strip()] = [s.strip() for s in sets.split(";") if s.strip()]
+    report_path = Path(args.json)
+    previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    arms = known_arms(previous, args.arm)
     chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in chosen if a not in arms]
     if unknown:
@@ -241,14 +256,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    report_path = Path(args.json)
-    previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
     runs = previous.get("runs", [])
     for r in runs:  # pseudo-label accuracy of self-training runs whose folder is still here
         folder = work / "runs" / f"{r['arm']}-s{r['seed']}"
         if "selftrain" in r and "pseudo_label_accuracy" not in r and (folder / "metrics.json").is_file():
             r["pseudo_label_accuracy"] = pseudo_label_accuracy(folder, work / "data" / "target_pool_labels.csv")
         if "shift_accuracy_prior_from_pool" not in r and (folder / "metrics.json").is_file():
+            print(f"== label-shift correction of {folder}", flush=True)
             r.update(prior_adjusted(folder, files))
     for seed in seeds:  # seed-major: a partial benchmark still compares the arms
         for arm in chosen:

@@ -162,6 +162,9 @@ class SelfTrainConfig:
     # as the rarest class has confident rows; none: every confident row
     balance: str = field(default="prior", metadata=_choice(*SELFTRAIN_BALANCE))
     max_rows: int | None = field(default=None, metadata={"min": 1})  # most pseudo-labelled rows per round (most confident first)
+    # correct the teacher's pool predictions to the pool's class mix estimated without labels
+    # (label shift, budgetlora/evaluation/label_shift.py) before thresholding; balance prior then caps by that mix
+    adjust_prior: bool = False
 
 
 @dataclass

@@ -108,6 +108,25 @@ def test_threshold_one_adds_nothing(tiny_model_dir, synthetic_csv, unlabelled_cs
     assert metrics["selftrain"][0]["added"] == 0 and metrics["train_rows"] == len(train_texts)
 
 
+def test_adjust_prior_follows_the_pools_class_mix(tiny_model_dir, synthetic_csv, tmp_path):
+    """A pool that is 85% sports: balance prior caps sports at its training share (25%) of the
+    confident rows unless the pool's mix is estimated (selftrain.adjust_prior), which lets it in."""
+    frame = synthetic_frame(n=400, seed=11)
+    pool = pd.concat([frame[frame.label == "sports"], frame[frame.label != "sports"].head(18)])
+    path = tmp_path / "pool.csv"
+    pool[["text"]].to_csv(path, index=False)
+    added = {}
+    for adjust in (False, True):
+        cfg = _config(tiny_model_dir, synthetic_csv, path, "selftrain.threshold=0.5", f"selftrain.adjust_prior={adjust}")
+        metrics = train(cfg, tmp_path / f"run-{adjust}", **quiet)
+        record = metrics["selftrain"][0]
+        added[adjust] = record["added_per_class"]["sports"], record["confident_rows"]
+        assert ("estimated_pool_prior" in record) == adjust
+    assert record["estimated_pool_prior"]["sports"] > 0.6
+    (plain, confident), (adjusted, confident_adjusted) = added[False], added[True]
+    assert plain <= 0.25 * confident and adjusted > 0.6 * confident_adjusted > 0
+
+
 @pytest.mark.parametrize("kill_step", [60, 80], ids=["between-rounds", "in-round-1"])
 def test_killed_run_resumes_in_its_round_with_the_same_pseudo_labels(tiny_model_dir, synthetic_csv, unlabelled_csv,
                                                                    tmp_path, monkeypatch, kill_step):
@@ -191,3 +210,18 @@ def test_shift_benchmark_split_strips_the_tags_and_keeps_target_test_apart(tmp_p
     assert not any(w in t for t in set().union(*texts.values()) for w in ("Reuters", "(AP)", "AFP"))
     assert "CITY - story 0" in texts["target_test"] | texts["target_pool"]
     assert 0 < info["tag_chars_removed_share"] < 1
+
+
+def test_shift_benchmark_keeps_the_arms_an_earlier_invocation_added(tmp_path):
+    """Runs of an arm added with --arm in an earlier invocation stay in the JSON's arms, so a later
+    invocation without that --arm can still write its report (it raised KeyError)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("shift_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "shift.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    previous = {"arms": {"nobalance": ["selftrain.balance=none"], "base": ["stale"]}}
+    arms = bench.known_arms(previous, ["wide:model.max_length=128;train.lr=1e-3"])
+    assert arms["nobalance"] == ["selftrain.balance=none"]
+    assert arms["base"] == [] and arms["wide"] == ["model.max_length=128", "train.lr=1e-3"]

@@ -16,6 +16,12 @@ Selection (`select`), most confident first (ties by row order), at most `selftra
   (a class with none confident: nothing is added that round);
 * balance `none`: every confident row.
 
+With `selftrain.adjust_prior`, the teacher's pool probabilities are first corrected for label
+shift: the pool's class mix is estimated without labels (EM, budgetlora/evaluation/label_shift.py)
+from the class mix of the rows the teacher trained on, and every row's probabilities are moved
+from that mix to the estimated one; balance `prior` then caps each class by the estimated pool
+mix. A class the target rarely has then stops drawing confident wrong rows (docs/shift.md).
+
 Pool rows whose text is a labelled row of the run (training or validation) are left out, so a
 pseudo label never contradicts, or leaks, a labelled row.
 
@@ -46,6 +52,7 @@ import pandas as pd
 from .. import files
 from ..data import read_table, tokenize
 from ..errors import UserError
+from ..evaluation.label_shift import adjust_logits, estimate_target_prior
 from ..evaluation.metrics import softmax
 from .schedule import scheduler as lr_scheduler
 
@@ -141,8 +148,14 @@ class SelfTraining:
     def _predict(self, k: int):
         """The teacher's pseudo labels for round k, selected and written (json, then csv)."""
         recipe, data = self.recipe, self.recipe.data
-        probs = softmax(recipe.logits(self.pool_ids))
-        chosen = select(probs, self.st.threshold, self.st.balance, self.prior, self.st.max_rows)
+        logits, caps_prior, estimated = recipe.logits(self.pool_ids), self.prior, None
+        if self.st.adjust_prior:
+            classes = len(data.label_names)
+            teacher_prior = (np.bincount(data.y_train, minlength=classes) + 1) / (len(data.y_train) + classes)
+            estimated = estimate_target_prior(logits, teacher_prior)
+            logits, caps_prior = adjust_logits(logits, teacher_prior, estimated), estimated
+        probs = softmax(logits)
+        chosen = select(probs, self.st.threshold, self.st.balance, caps_prior, self.st.max_rows)
         labels, confidence = probs[chosen].argmax(axis=1), probs[chosen].max(axis=1)
         rows = self.pool_rows[chosen]
         y_val = data.y_val
@@ -151,6 +164,8 @@ class SelfTraining:
                   if recipe.state.best_val_logits is not None and len(y_val) else None,
                   "pool_rows": int(len(self.pool_rows)), "confident_rows": int((probs.max(axis=1) > self.st.threshold).sum()),
                   "threshold": self.st.threshold, "balance": self.st.balance}
+        if estimated is not None:
+            record["estimated_pool_prior"] = {n: round(float(p), 4) for n, p in zip(data.label_names, estimated)}
         if recipe.main:
             self.folder.mkdir(exist_ok=True)
             files.write_json(self.folder / f"round-{k}.json", record)
@@ -197,6 +212,9 @@ class SelfTraining:
         self.recipe.log(f"self-training round {k}: {len(labels)} of {record['pool_rows']} unlabelled rows join "
                         f"training ({record['confident_rows']} with confidence > {record['threshold']:g}, balance "
                         f"{record['balance']}); per class (mean confidence): {per_class}")
+        if "estimated_pool_prior" in record:
+            mix = ", ".join(f"{name} {share:.1%}" for name, share in record["estimated_pool_prior"].items())
+            self.recipe.log(f"self-training round {k}: class mix of the unlabelled rows estimated (label shift): {mix}")
         if not len(labels):
             self.recipe.log(f"self-training round {k}: no confident rows; it trains on the labelled rows only")
 
