@@ -162,7 +162,7 @@ def _cmd_evaluate(args) -> int:
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
     result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides,
-                          backend=args.backend, precision=args.precision)
+                          backend=args.backend, precision=args.precision, adjust_prior=args.adjust_prior)
     if args.out:
         files.write_json(args.out, result)
     if args.json:
@@ -174,6 +174,12 @@ def _cmd_evaluate(args) -> int:
         for name, row in result["per_class"].items():
             print(f"  {name:<20} precision {row['precision']:.3f} recall {row['recall']:.3f} "
                   f"f1 {row['f1']:.3f} n={row['support']}")
+        if "label_shift" in result:
+            shift = result["label_shift"]
+            print(f"  corrected for label shift: accuracy {shift['accuracy_without_correction']:.4f} without; class mix "
+                  "estimated on the file (labels unread) / trained on: "
+                  + ", ".join(f"{name} {share:.3f}/{shift['training_prior'][name]:.3f}"
+                              for name, share in shift["estimated_prior"].items()))
     return 0
 
 
@@ -402,6 +408,9 @@ def _declare_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
     _add_data_set_arg(p)
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--adjust-prior", action="store_true",
+                   help="score what predict --adjust-prior writes: the file's class mix estimated without its labels, "
+                        "predictions corrected to it (docs/shift.md)")
     _add_overwrite(p, "--out file")
     _add_json(p)
     _add_trust_pickle(p)

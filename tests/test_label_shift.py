@@ -11,7 +11,7 @@ import pytest
 
 from budgetlora.cli import main
 from budgetlora.evaluation.label_shift import adjust_logits, estimate_target_prior
-from budgetlora.evaluation.metrics import softmax
+from budgetlora.evaluation.metrics import evaluate_run, softmax
 from budgetlora.evaluation.predict import stream_predictions
 
 SOURCE = np.array([0.4, 0.3, 0.2, 0.1])
@@ -75,6 +75,26 @@ def test_predict_adjust_prior_writes_the_corrected_probabilities(trained_run, sy
     assert main(["predict", str(trained_run), "--data", str(shifted), "--out", str(tmp_path / "cli.csv"),
                  "--adjust-prior"]) == 0
     assert "class mix estimated on the file" in capsys.readouterr().out
+
+
+def test_evaluate_adjust_prior_scores_what_predict_adjust_prior_writes(trained_run, synthetic_test_csv, tmp_path, capsys):
+    trained_run, _ = trained_run
+    test = pd.read_csv(synthetic_test_csv)
+    shifted = tmp_path / "shifted.csv"
+    pd.concat([test[test["label"] == test["label"].iloc[0]]] * 4 + [test]).to_csv(shifted, index=False)
+    written = stream_predictions(trained_run, str(shifted), tmp_path / "adjusted.csv", label_names_column=True,
+                                 adjust_prior=True)
+    truth = pd.read_csv(shifted)["label"].astype(str).to_numpy()
+    predicted = pd.read_csv(tmp_path / "adjusted.csv")["LabelName"].astype(str).to_numpy()
+
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(trained_run), "--data", str(shifted), "--adjust-prior", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["accuracy"] == pytest.approx((predicted == truth).mean())
+    assert result["label_shift"]["estimated_prior"] == pytest.approx(written.target_prior, abs=1e-3)
+    plain = json.loads(json.dumps(evaluate_run(trained_run, str(shifted))))
+    assert result["label_shift"]["accuracy_without_correction"] == pytest.approx(plain["accuracy"])
+    assert "label_shift" not in plain and "corrected for label shift" in capsys.readouterr().out
 
 
 def test_a_run_without_its_training_mix_is_one_line(trained_run, synthetic_test_csv, tmp_path, capsys):

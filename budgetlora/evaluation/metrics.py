@@ -136,13 +136,17 @@ def predictor_logits(predictor, texts: list[str], chunk_rows: int | None = None,
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = (),
-                 backend: str | None = None, precision: str = "fp32", chunk_rows: int | None = None) -> dict:
+                 backend: str | None = None, precision: str = "fp32", chunk_rows: int | None = None,
+                 adjust_prior: bool = False) -> dict:
     """Load a finished run or an export folder (`deploy.predictor.load_predictor`, `backend`
     torch / onnx / onnx-int8, None: the folder's best) and compute full metrics on a labelled
     file (or hub split). The file is read whole (metrics need every label); logits are computed
     `chunk_rows` rows at a time.
 
-    `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column."""
+    `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column.
+    `adjust_prior`: score the predictions `budgetlora predict --adjust-prior` would write (the
+    file's class mix estimated without its labels, evaluation/label_shift.py); the result's
+    `label_shift` holds that mix, the run's training mix and the accuracy without the correction."""
     from ..data import encode_labels, read_table
     from ..deploy.predictor import load_predictor
     from .predict import reading_config
@@ -152,6 +156,23 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
     table = read_table(data, cfg.data, split="test", trust_pickle=trust_pickle)
     labels = encode_labels(table, predictor.label_names)
     logits = predictor_logits(predictor, table.texts, chunk_rows, progress=cfg.train.progress)
+    shift = None
+    if adjust_prior:
+        from .label_shift import adjust_logits, estimate_target_prior
+        from .predict import source_prior
+
+        source = source_prior(run_dir, predictor.label_names)
+        target = estimate_target_prior(logits, source)
+        shift = {"training_prior": _by_name(source, predictor.label_names),
+                 "estimated_prior": _by_name(target, predictor.label_names),
+                 "accuracy_without_correction": float((logits.argmax(axis=1) == labels).mean())}
+        logits = adjust_logits(logits, source, target)
     result = full_metrics(logits, labels, predictor.label_names, seed=cfg.train.seed)
     result["data"] = str(data)
+    if shift:
+        result["label_shift"] = shift
     return result
+
+
+def _by_name(prior: np.ndarray, label_names: list[str]) -> dict[str, float]:
+    return {name: round(float(share), 4) for name, share in zip(label_names, prior)}
