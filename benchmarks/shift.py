@@ -146,16 +146,16 @@ def prior_adjusted(run_dir: Path, files: dict) -> dict:
     estimated by EM on target_pool (unlabelled) applied to target_test; and, as `budgetlora predict
     --adjust-prior` does, each test file's mix estimated on that file itself (no labels read)."""
     from budgetlora.deploy.predictor import load_predictor
-    from budgetlora.evaluation.label_shift import adjust_logits, estimate_target_prior, label_counts_prior
+    from budgetlora.evaluation.label_shift import (adjust_logits, estimate_target_prior, label_counts_prior,
+                                                   prior_by_name, run_training_prior)
     from budgetlora.evaluation.metrics import predictor_logits
 
     predictor = load_predictor(run_dir, precision="fp32")
     names = predictor.label_names
-    counts = json.loads((run_dir / "metrics.json").read_text()).get("train_label_counts")
-    origin = "run"
-    if not counts:  # runs trained before metrics.json recorded it: the labelled training file's mix
-        counts, origin = pd.read_csv(files["train"]["path"])["label"].value_counts().to_dict(), "train file"
-    source = label_counts_prior(counts, names)
+    source, origin = run_training_prior(run_dir, names), "run"
+    if source is None:  # runs trained before metrics.json recorded it: the labelled training file's mix
+        counts = pd.read_csv(files["train"]["path"])["label"].value_counts().to_dict()
+        source, origin = label_counts_prior(counts, names), "train file"
     logits, truth = {}, {}
     for name in ("target_pool", "target_test", "id_test"):
         frame = pd.read_csv(files[name]["path"], keep_default_na=False)
@@ -169,7 +169,7 @@ def prior_adjusted(run_dir: Path, files: dict) -> dict:
     return {"shift_accuracy_prior_from_pool": accuracy("target_test", from_pool),
             "shift_accuracy_prior_from_itself": accuracy("target_test", estimate_target_prior(logits["target_test"], source)),
             "id_accuracy_prior_from_itself": accuracy("id_test", estimate_target_prior(logits["id_test"], source)),
-            "estimated_target_prior": dict(zip(names, np.round(from_pool, 4).tolist())), "source_prior_from": origin}
+            "estimated_target_prior": prior_by_name(from_pool, names), "source_prior_from": origin}
 
 
 def pseudo_label_accuracy(run_dir: Path, labels_csv: Path) -> list[dict]:

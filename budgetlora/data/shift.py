@@ -384,14 +384,12 @@ def _training_prior(table, label_names: list[str]) -> tuple[np.ndarray, str] | N
 def _estimated_mix(run: Path, names: list[str], target_logits: np.ndarray) -> np.ndarray | None:
     """The target's class mix by EM (evaluation/label_shift.py) from the run's training mix; None
     for a run that does not record it (trained before metrics.json had train_label_counts)."""
-    from .. import files
-    from ..evaluation.label_shift import estimate_target_prior, label_counts_prior
+    from ..evaluation.label_shift import estimate_target_prior, run_training_prior
 
-    metrics = run / "metrics.json"
-    counts = files.read_json(metrics, "train the run again").get("train_label_counts") if metrics.is_file() else None
-    if not counts or not len(target_logits):
+    source = run_training_prior(run, names)
+    if source is None or not len(target_logits):
         return None
-    return estimate_target_prior(target_logits, label_counts_prior(counts, names))
+    return estimate_target_prior(target_logits, source)
 
 
 def _run_predictions(predictor, run: Path, train_prior, target: list[str], max_rows: int, threshold: float,

@@ -11,8 +11,11 @@ other libraries we use have it, and it is a dozen lines of numpy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .. import files
 from .metrics import softmax
 
 
@@ -45,6 +48,19 @@ def adjust_logits(logits: np.ndarray, source_prior: np.ndarray, target_prior: np
 def label_counts_prior(counts: dict[str, int], label_names: list[str]) -> np.ndarray:
     """The prior of `label_names` (in their order) from per-name counts, e.g. a run's train_label_counts."""
     return _as_prior(np.array([counts.get(name, 0) for name in label_names], dtype=np.float64))
+
+
+def run_training_prior(run_dir: str | Path, label_names: list[str]) -> np.ndarray | None:
+    """The class mix a run trained on (its metrics.json `train_label_counts`, written by training);
+    None for a folder without it (an export folder, or a run trained before 2026-12-06)."""
+    metrics = Path(run_dir) / "metrics.json"
+    counts = files.read_json(metrics, "train the run again").get("train_label_counts") if metrics.is_file() else None
+    return label_counts_prior(counts, label_names) if counts else None
+
+
+def prior_by_name(prior: np.ndarray, label_names: list[str]) -> dict[str, float]:
+    """A prior as {class name: share}, rounded to 4 places, as reports and JSON show it."""
+    return {name: round(float(share), 4) for name, share in zip(label_names, prior)}
 
 
 def _as_prior(prior, allow_zero: bool = False) -> np.ndarray:

@@ -158,13 +158,13 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
     logits = predictor_logits(predictor, table.texts, chunk_rows, progress=cfg.train.progress)
     shift = None
     if adjust_prior:
-        from .label_shift import adjust_logits, estimate_target_prior
+        from .label_shift import adjust_logits, estimate_target_prior, prior_by_name
         from .predict import source_prior
 
         source = source_prior(run_dir, predictor.label_names)
         target = estimate_target_prior(logits, source)
-        shift = {"training_prior": _by_name(source, predictor.label_names),
-                 "estimated_prior": _by_name(target, predictor.label_names),
+        shift = {"training_prior": prior_by_name(source, predictor.label_names),
+                 "estimated_prior": prior_by_name(target, predictor.label_names),
                  "accuracy_without_correction": float((logits.argmax(axis=1) == labels).mean())}
         logits = adjust_logits(logits, source, target)
     result = full_metrics(logits, labels, predictor.label_names, seed=cfg.train.seed)
@@ -173,6 +173,3 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
         result["label_shift"] = shift
     return result
 
-
-def _by_name(prior: np.ndarray, label_names: list[str]) -> dict[str, float]:
-    return {name: round(float(share), 4) for name, share in zip(label_names, prior)}

@@ -169,7 +169,7 @@ def _predict_adjusted(predictor, run_dir, data, out, cfg, columns, shard, *, chu
     mix by EM, then the file read again and written with corrected logits."""
     from ..data import read_table_chunks
     from ..errors import UserError
-    from .label_shift import adjust_logits, estimate_target_prior
+    from .label_shift import adjust_logits, estimate_target_prior, prior_by_name
 
     if shard.count > 1:
         raise UserError("--adjust-prior estimates the class mix of the whole file in one process; run it without accelerate launch")
@@ -188,20 +188,19 @@ def _predict_adjusted(predictor, run_dir, data, out, cfg, columns, shard, *, chu
     pieces = ((c.index, chunk_csv(predictor, c, columns, logits=adjust_logits(z, source, target)), len(c.table))
               for c, z in zip(chunks, logits))
     rows = _write_whole(out, csv_header(columns), pieces)
-    return PredictionsWritten(out, rows, True, dict(zip(predictor.label_names, np.round(target, 4).tolist())))
+    return PredictionsWritten(out, rows, True, prior_by_name(target, predictor.label_names))
 
 
 def source_prior(model_dir: str | Path, label_names: list[str]) -> np.ndarray:
-    """The class mix a run trained on (its metrics.json `train_label_counts`); a UserError if it has none."""
+    """The class mix a run trained on (label_shift.run_training_prior); a UserError if it has none."""
     from ..errors import UserError
-    from .label_shift import label_counts_prior
+    from .label_shift import run_training_prior
 
-    metrics = Path(model_dir) / "metrics.json"
-    counts = files.read_json(metrics, "train the run again").get("train_label_counts") if metrics.is_file() else None
-    if not counts:
+    prior = run_training_prior(model_dir, label_names)
+    if prior is None:
         raise UserError(f"{model_dir} does not record the class mix it trained on (metrics.json train_label_counts, "
                         "written by runs trained since 2026-12-06); use the run folder, or train it again")
-    return label_counts_prior(counts, label_names)
+    return prior
 
 
 def _counted(pieces, bar):

@@ -151,6 +151,7 @@ class SelfTraining:
         logits, caps_prior, estimated = recipe.logits(self.pool_ids), self.prior, None
         if self.st.adjust_prior:
             classes = len(data.label_names)
+            # the mix of the rows the teacher trained on, add-one smoothed: EM needs every class above zero
             teacher_prior = (np.bincount(data.y_train, minlength=classes) + 1) / (len(data.y_train) + classes)
             estimated = estimate_target_prior(logits, teacher_prior)
             logits, caps_prior = adjust_logits(logits, teacher_prior, estimated), estimated
