@@ -28,8 +28,8 @@ More arms: --arm 'NAME:OVERRIDE[;OVERRIDE...]', e.g. --arm 'r16:adapter.r=16;ada
 Generative augmentation (`budgetlora augment generate`) is not an arm: it needs a pretrained causal
 LM (GPT-2), and none is available offline here; a randomly initialised one writes noise.
 
-Both accuracies are measured the same way (`evaluate_run` on the finished run, fp32), and again
-with the label-shift correction of `budgetlora predict --adjust-prior` (the class mix estimated on
+Both accuracies are measured the same way (each file through the finished run once, fp32, read
+and scored as `budgetlora evaluate` does), and again with the label-shift correction of `budgetlora predict --adjust-prior` (the class mix estimated on
 target_pool, or on each test file itself; budgetlora/evaluation/label_shift.py). Results go
 to --json as they come (a rerun skips runs already in it with the same settings).
 
@@ -115,9 +115,8 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def run_one(recipe: str, overrides: list[str], out: Path, files: dict) -> dict:
+def run_one(recipe: str, overrides: list[str], out: Path) -> dict:
     from budgetlora.config import load_config
-    from budgetlora.evaluation.metrics import evaluate_run
     from budgetlora.training.loop import train
 
     cfg = load_config(recipe, overrides)
@@ -128,29 +127,29 @@ def run_one(recipe: str, overrides: list[str], out: Path, files: dict) -> dict:
     else:
         metrics = train(cfg, out, overwrite=True, log=lambda m: print("   ", m, flush=True))
         train_wall = time.time() - t0
-    scores = {name: evaluate_run(out, files[name]["path"]) for name in ("id_test", "target_test")}
-    result = {"id_accuracy": scores["id_test"]["accuracy"], "shift_accuracy": scores["target_test"]["accuracy"],
-              "id_accuracy_ci95": scores["id_test"].get("accuracy_ci95"),
-              "shift_accuracy_ci95": scores["target_test"].get("accuracy_ci95"),
-              "shift_macro_f1": scores["target_test"]["macro_f1"], "val_accuracy": metrics["val"]["accuracy"],
-              "train_rows": metrics["train_rows"], "train_rows_extra": metrics["train_rows_extra"],
-              "steps": metrics["steps"], "train_seconds": metrics["train_seconds"], "wall_seconds": train_wall,
-              "precision": metrics["precision"]}
+    result = {"val_accuracy": metrics["val"]["accuracy"], "train_rows": metrics["train_rows"],
+              "train_rows_extra": metrics["train_rows_extra"], "steps": metrics["steps"],
+              "train_seconds": metrics["train_seconds"], "wall_seconds": train_wall, "precision": metrics["precision"]}
     if "selftrain" in metrics:
         result["selftrain"] = metrics["selftrain"]
     return result
 
 
-def prior_adjusted(run_dir: Path, files: dict) -> dict:
-    """Accuracy with the label-shift correction (budgetlora.evaluation.label_shift): the class mix
-    estimated by EM on target_pool (unlabelled) applied to target_test; and, as `budgetlora predict
-    --adjust-prior` does, each test file's mix estimated on that file itself (no labels read)."""
+def score_run(run_dir: Path, files: dict) -> dict:
+    """Each file through the finished run once (fp32), read as `budgetlora evaluate` reads it; from
+    those logits: the accuracies, intervals and F1 `evaluate_run` reports, and the accuracies with
+    the label-shift correction (budgetlora.evaluation.label_shift): the class mix estimated by EM on
+    target_pool (unlabelled) applied to target_test; and, as `budgetlora predict --adjust-prior`
+    does, each test file's mix estimated on that file itself (no labels read)."""
+    from budgetlora.data import encode_labels, read_table
     from budgetlora.deploy.predictor import load_predictor
     from budgetlora.evaluation.label_shift import (adjust_logits, estimate_target_prior, label_counts_prior,
                                                    prior_by_name, run_training_prior)
-    from budgetlora.evaluation.metrics import predictor_logits
+    from budgetlora.evaluation.metrics import full_metrics, predictor_logits
+    from budgetlora.evaluation.predict import reading_config
 
     predictor = load_predictor(run_dir, precision="fp32")
+    cfg = reading_config(run_dir)
     names = predictor.label_names
     source, origin = run_training_prior(run_dir, names), "run"
     if source is None:  # runs trained before metrics.json recorded it: the labelled training file's mix
@@ -158,15 +157,20 @@ def prior_adjusted(run_dir: Path, files: dict) -> dict:
         source, origin = label_counts_prior(counts, names), "train file"
     logits, truth = {}, {}
     for name in ("target_pool", "target_test", "id_test"):
-        frame = pd.read_csv(files[name]["path"], keep_default_na=False)
-        logits[name] = predictor_logits(predictor, frame["text"].astype(str).tolist(), progress=False)
-        truth[name] = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy() if "label" in frame else None
+        table = read_table(files[name]["path"], cfg.data, split="test", need_labels=name != "target_pool")
+        logits[name] = predictor_logits(predictor, table.texts, progress=False)
+        truth[name] = encode_labels(table, names) if name != "target_pool" else None
+    plain = {name: full_metrics(logits[name], truth[name], names, seed=cfg.train.seed) for name in ("id_test", "target_test")}
 
     def accuracy(name, prior):
         return round(float((adjust_logits(logits[name], source, prior).argmax(1) == truth[name]).mean()), 4)
 
     from_pool = estimate_target_prior(logits["target_pool"], source)
-    return {"shift_accuracy_prior_from_pool": accuracy("target_test", from_pool),
+    return {"id_accuracy": plain["id_test"]["accuracy"], "shift_accuracy": plain["target_test"]["accuracy"],
+            "id_accuracy_ci95": plain["id_test"]["accuracy_ci95"],
+            "shift_accuracy_ci95": plain["target_test"]["accuracy_ci95"],
+            "shift_macro_f1": plain["target_test"]["macro_f1"],
+            "shift_accuracy_prior_from_pool": accuracy("target_test", from_pool),
             "shift_accuracy_prior_from_itself": accuracy("target_test", estimate_target_prior(logits["target_test"], source)),
             "id_accuracy_prior_from_itself": accuracy("id_test", estimate_target_prior(logits["id_test"], source)),
             "estimated_target_prior": prior_by_name(from_pool, names), "source_prior_from": origin}
@@ -263,7 +267,7 @@ def main(argv=None) -> int:
             r["pseudo_label_accuracy"] = pseudo_label_accuracy(folder, work / "data" / "target_pool_labels.csv")
         if "shift_accuracy_prior_from_pool" not in r and (folder / "metrics.json").is_file():
             print(f"== label-shift correction of {folder}", flush=True)
-            r.update(prior_adjusted(folder, files))
+            r.update(score_run(folder, files))
     for seed in seeds:  # seed-major: a partial benchmark still compares the arms
         for arm in chosen:
             overrides = common + [o.format(pool=files["target_pool"]["path"]) for o in arms[arm]] + [f"train.seed={seed}"]
@@ -271,12 +275,12 @@ def main(argv=None) -> int:
             if done:
                 continue
             print(f"== {arm} seed {seed}", flush=True)
-            result = run_one(args.recipe, overrides, work / "runs" / f"{arm}-s{seed}", files)
+            result = run_one(args.recipe, overrides, work / "runs" / f"{arm}-s{seed}")
             runs = [r for r in runs if not (r["arm"] == arm and r["seed"] == seed)]
             if "selftrain" in result:
                 result["pseudo_label_accuracy"] = pseudo_label_accuracy(work / "runs" / f"{arm}-s{seed}",
                                                                         work / "data" / "target_pool_labels.csv")
-            result.update(prior_adjusted(work / "runs" / f"{arm}-s{seed}", files))
+            result.update(score_run(work / "runs" / f"{arm}-s{seed}", files))
             runs.append({"arm": arm, "seed": seed, "overrides": overrides, **result})
             print(f"   {arm} seed {seed}: id {result['id_accuracy']:.4f} shift {result['shift_accuracy']:.4f} "
                   f"({result['wall_seconds']:.0f} s)", flush=True)

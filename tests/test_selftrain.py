@@ -225,3 +225,34 @@ def test_shift_benchmark_keeps_the_arms_an_earlier_invocation_added(tmp_path):
     arms = bench.known_arms(previous, ["wide:model.max_length=128;train.lr=1e-3"])
     assert arms["nobalance"] == ["selftrain.balance=none"]
     assert arms["base"] == [] and arms["wide"] == ["model.max_length=128", "train.lr=1e-3"]
+
+
+def test_shift_benchmark_scores_as_evaluate_does(tmp_path, trained_run, synthetic_test_csv):
+    """benchmarks/shift.py scores each file through the run once; its figures are exactly those of
+    evaluate_run, plain and with --adjust-prior's correction (the file's own mix)."""
+    import importlib.util
+    from pathlib import Path
+
+    from budgetlora.evaluation.metrics import evaluate_run
+
+    spec = importlib.util.spec_from_file_location("shift_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "shift.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run, _ = trained_run
+    test = pd.read_csv(synthetic_test_csv)
+    shifted = tmp_path / "shifted.csv"
+    pd.concat([test[test["label"] == test["label"].iloc[0]]] * 3 + [test]).to_csv(shifted, index=False)
+    pool = tmp_path / "pool.csv"
+    test[["text"]].to_csv(pool, index=False)
+    files = {"id_test": {"path": str(synthetic_test_csv)}, "target_test": {"path": str(shifted)},
+             "target_pool": {"path": str(pool)}}
+    scores = bench.score_run(run, files)
+    plain_id, plain_shift = evaluate_run(run, files["id_test"]["path"]), evaluate_run(run, str(shifted))
+    adjusted_id = evaluate_run(run, files["id_test"]["path"], adjust_prior=True)
+    adjusted_shift = evaluate_run(run, str(shifted), adjust_prior=True)
+    assert scores["id_accuracy"] == plain_id["accuracy"] and scores["shift_accuracy"] == plain_shift["accuracy"]
+    assert scores["shift_accuracy_ci95"] == plain_shift["accuracy_ci95"]
+    assert scores["shift_macro_f1"] == plain_shift["macro_f1"]
+    assert scores["id_accuracy_prior_from_itself"] == round(adjusted_id["accuracy"], 4)
+    assert scores["shift_accuracy_prior_from_itself"] == round(adjusted_shift["accuracy"], 4)
+    assert scores["source_prior_from"] == "run"
