@@ -114,3 +114,20 @@ def test_a_run_without_its_training_mix_is_one_line(trained_run, synthetic_test_
 def test_a_source_prior_with_an_empty_or_negative_class_is_refused(bad):
     with pytest.raises(ValueError):
         estimate_target_prior(np.zeros((2, 4)), bad)
+
+
+def test_the_notebook_api_predict_file_takes_every_option_of_predict(trained_run, synthetic_test_csv, tmp_path):
+    """budgetlora.predict_file (the Python face of `budgetlora predict`) corrects for label shift
+    as --adjust-prior does (it lacked the option) and returns what the file holds."""
+    from budgetlora import predict_file
+
+    trained_run, _ = trained_run
+    test = pd.read_csv(synthetic_test_csv)
+    shifted = tmp_path / "shifted.csv"
+    pd.concat([test[test["label"] == test["label"].iloc[0]]] * 4 + [test]).to_csv(shifted, index=False)
+    frame = predict_file(trained_run, str(shifted), tmp_path / "adjusted.csv", probabilities=True, adjust_prior=True)
+    streamed = stream_predictions(trained_run, str(shifted), tmp_path / "streamed.csv", probabilities=True,
+                                  adjust_prior=True)
+    pd.testing.assert_frame_equal(frame, pd.read_csv(streamed.out, keep_default_na=False))
+    plain = predict_file(trained_run, str(shifted), tmp_path / "plain.csv", probabilities=True)
+    assert len(frame) == len(plain) and not np.allclose(frame.filter(like="prob_"), plain.filter(like="prob_"))

@@ -220,28 +220,12 @@ def _write_whole(out: Path, header: bytes, pieces) -> int:
     return rows
 
 
-def predict_file(
-    run_dir: str | Path,
-    data: str,
-    out: str | Path,
-    *,
-    probabilities: bool = False,
-    label_names_column: bool = False,
-    overwrite: bool = False,
-    trust_pickle: bool = False,
-    data_overrides: list[str] = (),
-    backend: str | None = None,
-    precision: str = "fp32",
-    chunk_rows: int = CHUNK_ROWS,
-    batch_size: int | None = None,
-) -> pd.DataFrame:
-    """`stream_predictions` (same arguments), then the written file read back as a DataFrame for
-    Python callers; this frame, unlike the prediction itself, grows with the file. Under
-    `accelerate launch` only process 0 reads it back; the others return no rows."""
-    written = stream_predictions(run_dir, data, out, probabilities=probabilities,
-                                 label_names_column=label_names_column, overwrite=overwrite,
-                                 trust_pickle=trust_pickle, data_overrides=data_overrides, backend=backend,
-                                 precision=precision, chunk_rows=chunk_rows, batch_size=batch_size)
+def predict_file(run_dir: str | Path, data: str, out: str | Path, **options) -> pd.DataFrame:
+    """`stream_predictions(run_dir, data, out, **options)` (every option of it: probabilities,
+    adjust_prior, backend, ...), then the written file read back as a DataFrame for Python callers;
+    this frame, unlike the prediction itself, grows with the file. Under `accelerate launch` only
+    process 0 reads it back; the others return no rows."""
+    written = stream_predictions(run_dir, data, out, **options)
     if not written.main_process:
         return pd.DataFrame()
     return pd.read_csv(written.out, keep_default_na=False)
