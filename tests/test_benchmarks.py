@@ -71,3 +71,18 @@ def test_a_pipeline_modifier_reaches_budgetloras_config(pipeline, attention, pre
     args = argparse.Namespace(data=str(synthetic_csv), val_size=16, rows=48, eval_batch_size=16)
     cfg = budgetlora_config(parse_spec(pipeline), args, str(tiny_model_dir), seed=3, steps=2)
     assert (cfg.model.attention, cfg.train.precision, cfg.train.max_steps, cfg.train.seed) == (attention, precision, 2, 3)
+
+
+def test_attention_benchmark_runs_each_kernel(tiny_model_dir, synthetic_csv, tmp_path):
+    """benchmarks/attention.py: one `budgetlora train` per (length, kernel), the kernel the run
+    reports it used, its samples/s and the process's peak memory. No figure is checked."""
+    out = tmp_path / "attention.json"
+    args = ["--model", tiny_model_dir, "--data", synthetic_csv, "--lengths", "16", "--steps", 1, "--batch", 4,
+            "--json", out]
+    done = subprocess.run([sys.executable, str(SPEED.parent / "attention.py"), *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["length"], r["attention"]) for r in results] == [(16, "eager"), (16, "sdpa")]
+    assert all(r["precision"] == "fp32" and r["steps"] == 1 for r in results)
+    assert all(r["train_samples_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in results)
