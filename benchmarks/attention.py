@@ -53,7 +53,7 @@ def run_once(model: str, data: Path, out: Path, length: int, kernel: str, args) 
                     f"model.attention={kernel}", f"train.precision={args.precision}", f"train.batch_size={args.batch}",
                     f"train.max_steps={args.steps}", "train.warmup=0", "data.val_size=32", "data.max_train_samples=null",
                     "head.init=random", "train.baseline=none", "train.report=false", "train.tracker=none",
-                    "train.progress=false", f"train.seed={args.seed}"):
+                    "train.progress=false", f"train.seed={args.seed}", *args.set):
         command += ["--set", setting]
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -63,7 +63,7 @@ def run_once(model: str, data: Path, out: Path, length: int, kernel: str, args) 
     if status != 0:
         raise SystemExit(f"length {length} {kernel} failed:\n{output[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"length": length, "attention": metrics["attention"], "precision": metrics["precision"], "batch": args.batch,
+    return {"length": length, "attention": metrics["attention"], "overrides": args.set, "precision": metrics["precision"], "batch": args.batch,
             "steps": metrics["steps"], "train_samples_per_s": metrics["train_samples_per_s"],
             "train_tokens_per_s": metrics["train_samples_per_s"] * length, "train_seconds": metrics["train_seconds"],
             "peak_rss_mib": usage.ru_maxrss / 1024, "process_seconds": round(seconds, 1)}
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], help="another recipe override, e.g. model.encoder_dropout=0.1")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 

@@ -42,9 +42,10 @@ class ModelConfig:
     name: str = "roberta-base"  # hub id or local folder
     max_length: int = field(default=256, metadata={"min": 8})
     tokenizer: str | None = None  # defaults to `name`
-    # attention kernel for training: auto = eager on a CPU (with train.fast_dropout, measured
-    # faster than SDPA there in fp32 and bf16; see hardware.attention), the library's default
-    # (SDPA) on a GPU
+    # attention kernel for training: auto = on a CPU eager (with train.fast_dropout, measured
+    # faster than SDPA there in bf16, equal in fp32), but SDPA in fp32 for rows of 256+ tokens
+    # without attention dropout (faster, no L x L weights kept); see hardware.attention. The
+    # library's default (SDPA) on a GPU
     attention: str = field(default="auto", metadata=_choice("auto", "sdpa", "eager"))
     # dropout inside the pretrained encoder (embeddings, attention, hidden; not the head's, not
     # the adapter's): null = the model's own config (0.1 for BERT/RoBERTa/MPNet); 0 = none, which

@@ -64,20 +64,48 @@ def inference_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0) or 0) % torch.cuda.device_count()}"
 
 
-def attention(requested: str, device: str, precision: str) -> Choice:
-    """The attention kernel for training: eager, sdpa, or `default` (the library's choice).
+# From this many tokens a row, SDPA trains faster than eager attention on a CPU in fp32 and keeps no
+# rows x heads x L x L attention weights for the backward pass; below it the two are equal.
+SDPA_FROM_TOKENS = 256
 
-    Measured (docs/speed.md): on CPUs, SDPA's flash-attention backward in bf16 costs more than
-    the eager softmax(QK^T)V it replaces (MiniLM-L6, batch 32 x 52 tokens: 342 vs 195 ms a
-    step); in fp32 the two are equal, and with dropout SDPA draws torch's slow CPU masks while
-    eager attention draws budgetlora's fast ones (training/fast_dropout.py). On GPUs SDPA is
-    the faster one.
+
+def attention(requested: str, device: str, precision: str, typical_length: int | None = None,
+              attention_dropout: float | None = None) -> Choice:
+    """The attention kernel for training: eager, sdpa, or `default` (the library's choice), for
+    rows of about `typical_length` tokens (`typical_length`; None: short rows) and the attention
+    weights' drop probability (None: unknown, taken as nonzero).
+
+    Measured on CPUs (docs/speed.md, benchmarks/attention.py): SDPA's flash-attention backward in
+    bf16 costs more than the eager softmax(QK^T)V it replaces (MiniLM-L6, batch 32 x 52 tokens:
+    342 vs 195 ms a step); with dropout SDPA draws torch's slow CPU masks while eager attention
+    draws budgetlora's fast ones (training/fast_dropout.py). In fp32 without attention dropout the
+    two are equal up to 128 tokens and SDPA wins from SDPA_FROM_TOKENS (MiniLM-L6, batch 16, Zen 3:
+    1.22x at 256 tokens; 1.50x and 37% less peak memory at 512); with attention dropout torch's
+    CPU SDPA falls back to its math kernel, as slow as eager and keeping the same weights, so
+    eager stays. On GPUs SDPA is the faster one.
     """
     if requested != "auto":
         return Choice(requested, "set in the configuration")
-    if device == "cpu":
-        return Choice("eager", f"auto: on a CPU in {precision}, eager attention trains faster than SDPA")
-    return Choice("default", "auto: the library's default (SDPA where the model has it)")
+    if device != "cpu":
+        return Choice("default", "auto: the library's default (SDPA where the model has it)")
+    length = f" on rows of about {typical_length} tokens" if typical_length else ""
+    if precision == "fp32" and attention_dropout == 0 and typical_length and typical_length >= SDPA_FROM_TOKENS:
+        return Choice("sdpa", f"auto: on a CPU in fp32{length}, SDPA trains faster than eager attention "
+                              f"from {SDPA_FROM_TOKENS} tokens and keeps no L x L attention weights")
+    dropout = " with attention dropout" if precision == "fp32" and attention_dropout != 0 else ""
+    return Choice("eager", f"auto: on a CPU in {precision}{length}{dropout}, eager attention trains faster than SDPA")
+
+
+def typical_length(lengths) -> int:
+    """The row length (tokens) that half of all tokens are in rows at least as long as: the length
+    most of a run's compute goes to, which a few long rows or many short ones do not swing."""
+    import numpy as np
+
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
+    if not len(ordered):
+        return 0
+    cumulative = np.cumsum(ordered)
+    return int(ordered[np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 # On a CPU, a forward pass of more than about 2,000 tokens (rows x padded length) only spills

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from budgetlora.adapters.model import build_model, head_modules, load_run, store_frozen_encoder_in
+from budgetlora.adapters.model import attention_dropout, build_model, head_modules, load_run, store_frozen_encoder_in
 from budgetlora.adapters.registry import method_names
 from budgetlora.hardware import native_bf16_cpu
 from budgetlora.training.loop import train
@@ -57,6 +57,51 @@ def test_auto_precision_and_attention_are_chosen_for_the_hardware_and_logged(tin
     assert metrics["attention"] == ("default" if torch.cuda.is_available() else "eager")  # eager on every CPU
     line = next(m for m in lines if m.startswith("precision "))
     assert ("has native bf16" in line) if native else ("no native bf16" in line or "GPU" in line)
+
+
+def test_auto_attention_follows_the_rows_length_on_a_cpu():
+    """fp32 on a CPU: SDPA from SDPA_FROM_TOKENS (measured faster there and no L x L weights kept),
+    eager below; bf16 keeps eager (its SDPA backward is slower); GPUs keep the library's default."""
+    from budgetlora import hardware
+
+    long, short = hardware.SDPA_FROM_TOKENS, hardware.SDPA_FROM_TOKENS - 1
+    assert hardware.attention("auto", "cpu", "fp32", long, 0.0).value == "sdpa"
+    assert hardware.attention("auto", "cpu", "fp32", short, 0.0).value == "eager"
+    assert hardware.attention("auto", "cpu", "fp32", None, 0.0).value == "eager"
+    assert hardware.attention("auto", "cpu", "fp32", long, 0.1).value == "eager"  # SDPA's math fallback
+    assert hardware.attention("auto", "cpu", "fp32", long, None).value == "eager"  # unknown dropout
+    assert hardware.attention("auto", "cpu", "bf16", long, 0.0).value == "eager"
+    assert hardware.attention("auto", "cuda", "fp32", long, 0.0).value == "default"
+    assert hardware.attention("eager", "cpu", "fp32", long, 0.0).value == "eager"
+
+
+def test_typical_length_is_where_half_the_tokens_are():
+    from budgetlora.hardware import typical_length
+
+    assert typical_length([10] * 90 + [500] * 10) == 500  # 5,000 of 5,900 tokens are in the long rows
+    assert typical_length([10] * 99 + [500]) == 10  # one long row does not swing it
+    assert typical_length([7]) == 7 and typical_length([]) == 0
+
+
+def test_a_run_on_long_rows_trains_with_sdpa_on_a_cpu_in_fp32(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch):
+    """The loop hands the training rows' typical length to the choice: rows past the threshold
+    (here lowered to the synthetic rows' length) train with SDPA and the log says why."""
+    from budgetlora import hardware
+
+    if torch.cuda.is_available():
+        pytest.skip("the choice by length is a CPU one")
+    lines = []
+    cfg = tiny_config(tiny_model_dir, synthetic_csv, "train.max_steps=2", "train.eval_every=2", "train.report=false",
+                      "train.precision=fp32", "model.encoder_dropout=0")
+    assert train(cfg, tmp_path / "short", log=lines.append)["attention"] == "eager"
+    dropout = tiny_config(tiny_model_dir, synthetic_csv, "train.max_steps=2", "train.eval_every=2",
+                          "train.report=false", "train.precision=fp32")  # the tiny model's own attention dropout
+    assert attention_dropout(dropout.model) > 0
+    monkeypatch.setattr(hardware, "SDPA_FROM_TOKENS", 4)
+    lines.clear()
+    assert train(cfg, tmp_path / "long", log=lines.append)["attention"] == "sdpa"
+    assert any(m.startswith("attention sdpa (auto: on a CPU in fp32 on rows of about") for m in lines), lines
+    assert train(dropout, tmp_path / "long-dropout", log=lambda m: None)["attention"] == "eager"
 
 
 def test_an_explicit_attention_kernel_is_used(tiny_model_dir, synthetic_csv, tmp_path):

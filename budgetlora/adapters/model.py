@@ -155,6 +155,23 @@ def max_input_length(name: str) -> int | None:
     return table.num_embeddings - (table.padding_idx + 1 if table.padding_idx is not None else 0)
 
 
+def attention_dropout(model_cfg) -> float | None:
+    """The drop probability of the attention weights a run trains with: `model.encoder_dropout`,
+    else the model config's (`attention_probs_dropout_prob`: BERT family; `attention_dropout`:
+    most others); None where the config cannot be read here or names neither."""
+    if model_cfg.encoder_dropout is not None:
+        return float(model_cfg.encoder_dropout)
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(model_cfg.name)
+    except Exception:  # noqa: BLE001 -- load_backbone reports an unloadable model in one line
+        return None
+    values = [getattr(config, key, None) for key in ("attention_probs_dropout_prob", "attention_dropout")]
+    return next((float(v) for v in values if isinstance(v, (int, float))), None)
+
+
 def check_max_length(model_cfg) -> None:
     """Refuse a model.max_length longer than the model's position table (a crash mid-training)."""
     limit = max_input_length(model_cfg.name)

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from .. import hardware, rundir
 from ..adapters import budget, methods
-from ..adapters.model import (build_model, check_max_length, load_tokenizer, save_adapter, store_frozen_encoder_in,
-                              trainable_state)
+from ..adapters.model import (attention_dropout, build_model, check_max_length, load_tokenizer, save_adapter,
+                              store_frozen_encoder_in, trainable_state)
 from ..config import Config
 from ..data import (check_training_classes, collate, encode_labels, epoch_batches, infer_label_names, read_table,
                     tokenize, train_val_indices)
@@ -187,9 +187,7 @@ class Recipe:
                                         **tracking.accelerator_kwargs(self.cfg.train.tracker, self.out))
         self.main = self.accelerator.is_main_process
         self.log = log if self.main else _silent
-        self.attention = hardware.attention(self.cfg.model.attention, self.accelerator.device.type,
-                                            self.precision.value)
-        self.log(f"precision {self.precision}; attention {self.attention}")
+        self.log(f"precision {self.precision}")
 
     def _config_and_checkpoint(self, cfg: Config | None, log) -> tuple[Config, dict | None]:
         """The config to train and the checkpoint to resume (read, and refused if corrupt, before any work)."""
@@ -215,6 +213,10 @@ class Recipe:
         cfg, accelerator = self.cfg, self.accelerator
         accelerator.wait_for_everyone()  # every process has read the plan before any writes
         self.data = self._setup_data()
+        self.attention = hardware.attention(cfg.model.attention, accelerator.device.type, self.precision.value,
+                                            hardware.typical_length([len(ids) for ids in self.data.train_ids]),
+                                            attention_dropout(cfg.model))
+        self.log(f"attention {self.attention}")
         self.labelled_rows = len(self.data.train_ids) - self.data.extra_rows  # before augmentation and pseudo labels
         self.selftrain = SelfTraining.attach(self)  # None without data.unlabelled
         self.set_steps((self.saved or {}).get("round_start", 0))
