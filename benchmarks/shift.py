@@ -29,9 +29,12 @@ Generative augmentation (`budgetlora augment generate`) is not an arm: it needs 
 LM (GPT-2), and none is available offline here; a randomly initialised one writes noise.
 
 Both accuracies are measured the same way (each file through the finished run once, fp32, read
-and scored as `budgetlora evaluate` does), and again with the label-shift correction of `budgetlora predict --adjust-prior` (the class mix estimated on
-target_pool, or on each test file itself; budgetlora/evaluation/label_shift.py). Results go
-to --json as they come (a rerun skips runs already in it with the same settings).
+and scored as `budgetlora evaluate` does), and again with the label-shift correction of
+`budgetlora predict --adjust-prior` (the class mix estimated on target_pool, or on each test file
+itself; budgetlora/evaluation/label_shift.py). At the end each arm's seeds are also scored as one
+ensemble (`budgetlora evaluate RUN RUN RUN`, mean class probabilities), plain and corrected
+(`ensembles` in the JSON). Results go to --json as they come (a rerun skips runs already in it with
+the same settings).
 
     NLTK_DATA=../shared/data/nltk_data python benchmarks/shift.py --json benchmarks/results/shift-cpu-minilm.json
     python benchmarks/shift.py --arms base,lpft --json benchmarks/results/shift-lpft-cpu-minilm.json
@@ -192,6 +195,19 @@ def pseudo_label_accuracy(run_dir: Path, labels_csv: Path) -> list[dict]:
     return out
 
 
+def ensemble_scores(folders: list[Path], files: dict) -> dict:
+    """An arm's seeds as one ensemble (mean class probabilities: budgetlora.deploy.ensemble), scored
+    as `budgetlora evaluate RUN RUN ... [--adjust-prior]` scores it."""
+    from budgetlora.evaluation.metrics import evaluate_run
+
+    out = {"members": [f.name for f in folders]}
+    for name, key in (("id_test", "id"), ("target_test", "shift")):
+        out[f"{key}_accuracy"] = evaluate_run(folders, files[name]["path"])["accuracy"]
+        out[f"{key}_accuracy_prior_from_itself"] = round(
+            evaluate_run(folders, files[name]["path"], adjust_prior=True)["accuracy"], 4)
+    return out
+
+
 def summarise(runs: list[dict], arms: list[str]) -> dict:
     out = {}
     base = {r["seed"]: r for r in runs if r["arm"] == "base"}
@@ -222,6 +238,24 @@ def known_arms(previous: dict, specs: list[str]) -> dict[str, list[str]]:
         name, _, sets = spec.partition(":")
         arms[name.strip()] = [s.strip() for s in sets.split(";") if s.strip()]
     return arms
+
+
+def write_report(path: Path, args, argv, split: dict, model: str, arms: dict, runs: list[dict], ensembles: dict) -> None:
+    import torch
+
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "recipe": args.recipe, "model": model, "split": {k: v for k, v in split.items()},
+        "arms": {a: arms[a] for a in sorted({r["arm"] for r in runs})},
+        "summary": summarise(runs, [a for a in arms if any(r["arm"] == a for r in runs)]),
+        "ensembles": ensembles,
+        "runs": runs,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -257,9 +291,6 @@ def main(argv=None) -> int:
     model = args.model or default_model()
     common = [f"model.name={model}", f"data.train={files['train']['path']}", "train.report=false",
               "train.tracker=none", "train.progress=false", *args.set]
-
-    import torch
-
     runs = previous.get("runs", [])
     for r in runs:  # pseudo-label accuracy of self-training runs whose folder is still here
         folder = work / "runs" / f"{r['arm']}-s{r['seed']}"
@@ -284,18 +315,15 @@ def main(argv=None) -> int:
             runs.append({"arm": arm, "seed": seed, "overrides": overrides, **result})
             print(f"   {arm} seed {seed}: id {result['id_accuracy']:.4f} shift {result['shift_accuracy']:.4f} "
                   f"({result['wall_seconds']:.0f} s)", flush=True)
-            report = {
-                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                "cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                "recipe": args.recipe, "model": model, "split": {k: v for k, v in split.items()},
-                "arms": {a: arms[a] for a in sorted({r["arm"] for r in runs})},
-                "summary": summarise(runs, [a for a in arms if any(r["arm"] == a for r in runs)]),
-                "runs": runs,
-            }
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = report_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(report, indent=1))
-            os.replace(tmp, report_path)
+            write_report(report_path, args, argv, split, model, arms, runs, previous.get("ensembles", {}))
+    ensembles = previous.get("ensembles", {})
+    for arm in sorted({r["arm"] for r in runs}):  # each arm's seeds whose folders are here, as one ensemble
+        folders = [work / "runs" / f"{arm}-s{r['seed']}" for r in sorted(runs, key=lambda r: r["seed"]) if r["arm"] == arm]
+        folders = [f for f in folders if (f / "metrics.json").is_file()]
+        if len(folders) > 1:
+            print(f"== ensemble of {arm}: {', '.join(f.name for f in folders)}", flush=True)
+            ensembles[arm] = ensemble_scores(folders, files)
+    write_report(report_path, args, argv, split, model, arms, runs, ensembles)
     print(json.dumps(summarise(runs, [a for a in arms if any(r["arm"] == a for r in runs)]), indent=1))
     return 0
 

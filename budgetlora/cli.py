@@ -155,14 +155,20 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _one_or_ensemble(run_dirs: list[str]):
+    """One folder as itself; several as the list an ensemble is loaded from."""
+    return run_dirs[0] if len(run_dirs) == 1 else run_dirs
+
+
 def _cmd_evaluate(args) -> int:
     from . import files
     from .evaluation.metrics import evaluate_run
 
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
-    result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle, data_overrides=args.overrides,
-                          backend=args.backend, precision=args.precision, adjust_prior=args.adjust_prior)
+    result = evaluate_run(_one_or_ensemble(args.run_dir), args.data, trust_pickle=args.trust_pickle,
+                          data_overrides=args.overrides, backend=args.backend, precision=args.precision,
+                          adjust_prior=args.adjust_prior)
     if args.out:
         files.write_json(args.out, result)
     if args.json:
@@ -186,7 +192,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from .evaluation.predict import stream_predictions
 
-    written = stream_predictions(args.run_dir, args.data, args.out, probabilities=args.probs,
+    written = stream_predictions(_one_or_ensemble(args.run_dir), args.data, args.out, probabilities=args.probs,
                                  label_names_column=args.label_names, overwrite=args.overwrite,
                                  trust_pickle=args.trust_pickle, data_overrides=args.overrides,
                                  backend=args.backend, precision=args.precision, chunk_rows=args.chunk_rows,
@@ -403,7 +409,8 @@ def _declare_plan(sub) -> None:
 def _declare_evaluate(sub) -> None:
     """`budgetlora evaluate`: metrics of a finished run (or its export) on a labelled file."""
     p = sub.add_parser("evaluate", help="metrics of a finished run or an export folder on a labelled file")
-    p.add_argument("run_dir", help="a run folder (budgetlora train --out) or an export folder")
+    p.add_argument("run_dir", nargs="+", help="a run folder (budgetlora train --out) or an export folder; "
+                   "several: their ensemble (class probabilities averaged)")
     _add_backend(p)
     p.add_argument("--data", required=True, help="labelled file or hub dataset (id:split)")
     _add_data_set_arg(p)
@@ -423,7 +430,8 @@ def _declare_predict(sub) -> None:
     from .evaluation.predict import CHUNK_ROWS
 
     p = sub.add_parser("predict", help="write ID,Label predictions for a file (streamed; shards under accelerate launch)")
-    p.add_argument("run_dir", help="a run folder (budgetlora train --out) or an export folder")
+    p.add_argument("run_dir", nargs="+", help="a run folder (budgetlora train --out) or an export folder; "
+                   "several: their ensemble (class probabilities averaged)")
     _add_backend(p)
     p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
                    help=f"rows read and predicted at a time (default {CHUNK_ROWS}; memory grows with it, not with the file)")

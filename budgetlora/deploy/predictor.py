@@ -96,9 +96,16 @@ class Predictor:
                 **{k: v for k, v in self.info.items() if k != "model"}}
 
 
-def load_predictor(path: str | Path, backend: str | None = None, *, threads: int | None = None,
+def load_predictor(path: str | Path | list, backend: str | None = None, *, threads: int | None = None,
                    precision: str = "fp32") -> Predictor:
-    """A Predictor for a run folder or an export folder; `backend` None: the best the folder holds."""
+    """A Predictor for a run folder or an export folder; `backend` None: the best the folder holds.
+    A list of folders: an Ensemble of them (deploy/ensemble.py; one folder: that folder's Predictor)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1:
+            from .ensemble import load_ensemble
+
+            return load_ensemble(list(path), backend, precision=precision, threads=threads)
+        path = path[0]
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is not known; choose one of {', '.join(BACKENDS)}")

@@ -135,7 +135,7 @@ def predictor_logits(predictor, texts: list[str], chunk_rows: int | None = None,
     return np.concatenate(parts)
 
 
-def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = (),
+def evaluate_run(run_dir: str | Path | list, data: str, *, trust_pickle: bool = False, data_overrides: list[str] = (),
                  backend: str | None = None, precision: str = "fp32", chunk_rows: int | None = None,
                  adjust_prior: bool = False) -> dict:
     """Load a finished run or an export folder (`deploy.predictor.load_predictor`, `backend`
@@ -146,7 +146,9 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
     `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column.
     `adjust_prior`: score the predictions `budgetlora predict --adjust-prior` would write (the
     file's class mix estimated without its labels, evaluation/label_shift.py); the result's
-    `label_shift` holds that mix, the run's training mix and the accuracy without the correction."""
+    `label_shift` holds that mix, the run's training mix and the accuracy without the correction.
+    A list of folders: their ensemble (mean class probabilities, deploy/ensemble.py), named in the
+    result's `ensemble`."""
     from ..data import encode_labels, read_table
     from ..deploy.predictor import load_predictor
     from .predict import reading_config
@@ -169,6 +171,8 @@ def evaluate_run(run_dir: str | Path, data: str, *, trust_pickle: bool = False, 
         logits = adjust_logits(logits, source, target)
     result = full_metrics(logits, labels, predictor.label_names, seed=cfg.train.seed)
     result["data"] = str(data)
+    if isinstance(run_dir, (list, tuple)) and len(run_dir) > 1:
+        result["ensemble"] = [str(folder) for folder in run_dir]
     if shift:
         result["label_shift"] = shift
     return result

@@ -62,15 +62,21 @@ def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, la
     return frame[columns]
 
 
-def reading_config(model_dir: str | Path, data_overrides: list[str] = ()):
+def first_member(model_dir):
+    """The folder itself; of an ensemble's list of folders, the first (whose config reads the data)."""
+    return model_dir[0] if isinstance(model_dir, (list, tuple)) else model_dir
+
+
+def reading_config(model_dir: str | Path | list, data_overrides: list[str] = ()):
     """The Config whose `data` section says how to read files for this model (text/id/label
     columns, cleaning), with `data.KEY=VALUE` overrides. A run: its config.yaml. An export: its
-    config.yaml if it holds one, else the manifest's `data` settings and `seed`, else defaults."""
+    config.yaml if it holds one, else the manifest's `data` settings and `seed`, else defaults.
+    An ensemble (a list of folders): its first member's."""
     from .. import rundir
     from ..config import from_dict, with_data_overrides
     from ..deploy.predictor import EXPORT_MANIFEST, is_export
 
-    path = Path(model_dir)
+    path = Path(first_member(model_dir))
     if not is_export(path) or (path / rundir.CONFIG).is_file():
         cfg = rundir.read_config(path)
     else:
@@ -116,7 +122,7 @@ class PredictionsWritten:
 
 
 def stream_predictions(
-    run_dir: str | Path,
+    run_dir: str | Path | list,
     data: str,
     out: str | Path,
     *,
@@ -134,7 +140,8 @@ def stream_predictions(
     """Predict every row of `data` chunk by chunk and write `ID,Label[,LabelName][,prob_*]` to
     `out` atomically, in bounded memory; sharded over the processes of `accelerate launch`.
 
-    `run_dir`: a run or export folder; `backend`: torch / onnx / onnx-int8 (None: the folder's
+    `run_dir`: a run or export folder, or a list of them: an ensemble, their class probabilities
+    averaged (deploy/ensemble.py); `backend`: torch / onnx / onnx-int8 (None: the folder's
     best); `precision`: fp32 / bf16 / auto (torch backend); `data_overrides`: `data.KEY=VALUE` strings (as `--set`), e.g. another text column.
     `adjust_prior`: estimate the file's class mix (no labels read) and correct the predictions from
     the run's training mix to it (evaluation/label_shift.py); one process, two reads of the file,
@@ -191,16 +198,20 @@ def _predict_adjusted(predictor, run_dir, data, out, cfg, columns, shard, *, chu
     return PredictionsWritten(out, rows, True, prior_by_name(target, predictor.label_names))
 
 
-def source_prior(model_dir: str | Path, label_names: list[str]) -> np.ndarray:
-    """The class mix a run trained on (label_shift.run_training_prior); a UserError if it has none."""
+def source_prior(model_dir: str | Path | list, label_names: list[str]) -> np.ndarray:
+    """The class mix a run trained on (label_shift.run_training_prior); of an ensemble (a list of
+    folders), the mean of its members'; a UserError if a folder has none."""
     from ..errors import UserError
     from .label_shift import run_training_prior
 
-    prior = run_training_prior(model_dir, label_names)
-    if prior is None:
-        raise UserError(f"{model_dir} does not record the class mix it trained on (metrics.json train_label_counts, "
-                        "written by runs trained since 2026-12-06); use the run folder, or train it again")
-    return prior
+    priors = []
+    for folder in (model_dir if isinstance(model_dir, (list, tuple)) else [model_dir]):
+        prior = run_training_prior(folder, label_names)
+        if prior is None:
+            raise UserError(f"{folder} does not record the class mix it trained on (metrics.json train_label_counts, "
+                            "written by runs trained since 2026-12-06); use the run folder, or train it again")
+        priors.append(prior)
+    return np.mean(priors, axis=0)
 
 
 def _counted(pieces, bar):
@@ -220,7 +231,7 @@ def _write_whole(out: Path, header: bytes, pieces) -> int:
     return rows
 
 
-def predict_file(run_dir: str | Path, data: str, out: str | Path, **options) -> pd.DataFrame:
+def predict_file(run_dir: str | Path | list, data: str, out: str | Path, **options) -> pd.DataFrame:
     """`stream_predictions(run_dir, data, out, **options)` (every option of it: probabilities,
     adjust_prior, backend, ...), then the written file read back as a DataFrame for Python callers;
     this frame, unlike the prediction itself, grows with the file. Under `accelerate launch` only
