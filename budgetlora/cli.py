@@ -177,6 +177,8 @@ def _cmd_evaluate(args) -> int:
         low, high = result["accuracy_ci95"]
         print(f"{result['data']}: {result['n']} rows, accuracy {result['accuracy']:.4f} "
               f"(95% CI {low:.4f}-{high:.4f}), macro-F1 {result['macro_f1']:.4f}, loss {result['loss']:.4f}")
+        if "ensemble" in result:
+            print(f"  ensemble of {len(result['ensemble'])} runs: their class probabilities averaged")
         for name, row in result["per_class"].items():
             print(f"  {name:<20} precision {row['precision']:.3f} recall {row['recall']:.3f} "
                   f"f1 {row['f1']:.3f} n={row['support']}")
@@ -201,7 +203,8 @@ def _cmd_predict(args) -> int:
         print("class mix estimated on the file (EM), predictions corrected to it: "
               + ", ".join(f"{name} {share:.3f}" for name, share in written.target_prior.items()))
     if written.main_process:  # under accelerate launch, process 0 wrote the file
-        print(f"wrote {written.rows} predictions to {args.out}")
+        members = f" (ensemble of {len(args.run_dir)} runs: class probabilities averaged)" if len(args.run_dir) > 1 else ""
+        print(f"wrote {written.rows} predictions to {args.out}{members}")
     return 0
 
 

@@ -62,12 +62,14 @@ def test_the_cli_ensembles_several_runs_and_corrects_their_label_shift(trained_r
     assert main(["evaluate", str(first), str(second_run), "--data", str(synthetic_test_csv), "--adjust-prior",
                  "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert "ensemble of 2 runs" in capsys.readouterr().out
     counts = [json.loads((run / "metrics.json").read_text())["train_label_counts"] for run in (first, second_run)]
     names = list(result["label_shift"]["training_prior"])
     expected = np.mean([[c[n] / sum(c.values()) for n in names] for c in counts], axis=0)  # the members' mean mix
     np.testing.assert_allclose(list(result["label_shift"]["training_prior"].values()), expected, atol=1e-4)
     assert main(["predict", str(first), str(second_run), "--data", str(synthetic_test_csv), "--out",
                  str(tmp_path / "p.csv"), "--probs"]) == 0
+    assert "(ensemble of 2 runs: class probabilities averaged)" in capsys.readouterr().out
     written = pd.read_csv(tmp_path / "p.csv")
     assert len(written) == len(pd.read_csv(synthetic_test_csv))
     np.testing.assert_allclose(probabilities(written).sum(axis=1), 1, atol=1e-3)
