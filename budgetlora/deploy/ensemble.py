@@ -1,9 +1,9 @@
 """An ensemble: several finished runs or exports (seeds, recipes, models) as one predictor whose
 class probabilities are the mean of theirs.
 
-Averaging the probabilities of independently trained models is the oldest dependable way up a
-leaderboard, and it helps most where single runs disagree, as on a shifted test set
-(docs/shift.md). `load_ensemble(paths)` gives the same face as `load_predictor`: `encode` then
+Averaging the probabilities of independently trained models is a classic way up a leaderboard;
+docs/shift.md measures it on a shifted test set (three seeds against one run, and against one
+run given the same compute). `load_ensemble(paths)` gives the same face as `load_predictor`: `encode` then
 `logits`, so `budgetlora predict RUN RUN ...`, `evaluate` and the label-shift correction take an
 ensemble as they take one run. Its logits are the log of the mean probabilities, so a softmax of
 them gives that mean back. Each member tokenises the texts itself (members may differ in
