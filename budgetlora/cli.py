@@ -155,18 +155,13 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-def _one_or_ensemble(run_dirs: list[str]):
-    """One folder as itself; several as the list an ensemble is loaded from."""
-    return run_dirs[0] if len(run_dirs) == 1 else run_dirs
-
-
 def _cmd_evaluate(args) -> int:
     from . import files
     from .evaluation.metrics import evaluate_run
 
     if args.out:  # checked before the work, not after it
         files.check_new_file(args.out, overwrite=args.overwrite)
-    result = evaluate_run(_one_or_ensemble(args.run_dir), args.data, trust_pickle=args.trust_pickle,
+    result = evaluate_run(args.run_dir, args.data, trust_pickle=args.trust_pickle,
                           data_overrides=args.overrides, backend=args.backend, precision=args.precision,
                           adjust_prior=args.adjust_prior)
     if args.out:
@@ -194,7 +189,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from .evaluation.predict import stream_predictions
 
-    written = stream_predictions(_one_or_ensemble(args.run_dir), args.data, args.out, probabilities=args.probs,
+    written = stream_predictions(args.run_dir, args.data, args.out, probabilities=args.probs,
                                  label_names_column=args.label_names, overwrite=args.overwrite,
                                  trust_pickle=args.trust_pickle, data_overrides=args.overrides,
                                  backend=args.backend, precision=args.precision, chunk_rows=args.chunk_rows,

@@ -40,7 +40,6 @@ class Ensemble:
         self.backend = "ensemble of " + ", ".join(sorted({m.backend for m in self.members}))
         self.precision = ", ".join(sorted({m.precision for m in self.members}))
         self.source = " + ".join(m.source for m in self.members)
-        self.sources = [m.source for m in self.members]
 
     def encode(self, texts: list[str], truncate: bool = True) -> list[str]:
         return list(texts)  # each member encodes with its own tokenizer and max_length

@@ -151,7 +151,7 @@ def evaluate_run(run_dir: str | Path | list, data: str, *, trust_pickle: bool = 
     result's `ensemble`."""
     from ..data import encode_labels, read_table
     from ..deploy.predictor import load_predictor
-    from .predict import reading_config
+    from .predict import reading_config, run_folders
 
     predictor = load_predictor(run_dir, backend, precision=precision)
     cfg = reading_config(run_dir, data_overrides)
@@ -171,8 +171,8 @@ def evaluate_run(run_dir: str | Path | list, data: str, *, trust_pickle: bool = 
         logits = adjust_logits(logits, source, target)
     result = full_metrics(logits, labels, predictor.label_names, seed=cfg.train.seed)
     result["data"] = str(data)
-    if isinstance(run_dir, (list, tuple)) and len(run_dir) > 1:
-        result["ensemble"] = [str(folder) for folder in run_dir]
+    if len(run_folders(run_dir)) > 1:
+        result["ensemble"] = [str(folder) for folder in run_folders(run_dir)]
     if shift:
         result["label_shift"] = shift
     return result

@@ -62,9 +62,9 @@ def write_predictions(frame: pd.DataFrame, out: Path, *, probabilities: bool, la
     return frame[columns]
 
 
-def first_member(model_dir):
-    """The folder itself; of an ensemble's list of folders, the first (whose config reads the data)."""
-    return model_dir[0] if isinstance(model_dir, (list, tuple)) else model_dir
+def run_folders(model_dir) -> list:
+    """The folders a prediction loads: [the folder], or an ensemble's list of folders."""
+    return list(model_dir) if isinstance(model_dir, (list, tuple)) else [model_dir]
 
 
 def reading_config(model_dir: str | Path | list, data_overrides: list[str] = ()):
@@ -76,7 +76,7 @@ def reading_config(model_dir: str | Path | list, data_overrides: list[str] = ())
     from ..config import from_dict, with_data_overrides
     from ..deploy.predictor import EXPORT_MANIFEST, is_export
 
-    path = Path(first_member(model_dir))
+    path = Path(run_folders(model_dir)[0])
     if not is_export(path) or (path / rundir.CONFIG).is_file():
         cfg = rundir.read_config(path)
     else:
@@ -205,7 +205,7 @@ def source_prior(model_dir: str | Path | list, label_names: list[str]) -> np.nda
     from .label_shift import run_training_prior
 
     priors = []
-    for folder in (model_dir if isinstance(model_dir, (list, tuple)) else [model_dir]):
+    for folder in run_folders(model_dir):
         prior = run_training_prior(folder, label_names)
         if prior is None:
             raise UserError(f"{folder} does not record the class mix it trained on (metrics.json train_label_counts, "
