@@ -133,6 +133,9 @@ class TrainConfig:
     scheduler: str = field(default="linear", metadata=_choice("linear", "cosine", "constant"))
     warmup: float = field(default=0.06, metadata={"min": 0})  # fraction of steps if < 1, else steps
     max_grad_norm: float | None = field(default=1.0, metadata={"min_exclusive": 0})
+    # the training loss's targets: 1 - s on the true class, s spread over all classes (validation
+    # loss stays plain cross-entropy); 0: none
+    label_smoothing: float = field(default=0.0, metadata={"min": 0, "max": 0.99})
     eval_every: int | None = field(default=None, metadata={"min": 1})  # steps; None = each epoch
     early_stopping_patience: int | None = field(default=2, metadata={"min": 1})  # None: off
     metric: str = field(default="val_loss", metadata=_choice("val_loss", "accuracy", "macro_f1"))

@@ -24,6 +24,9 @@ def test_distill_loss_matches_its_formula():
     assert distill_loss(student, labels, teacher, 2.0, 1.0) == pytest.approx(4 * kl.item(), rel=1e-5)
     assert distill_loss(student, labels, teacher, 2.0, 0.25) == pytest.approx(0.25 * 4 * kl.item() + 0.75 * ce.item(), rel=1e-5)
     assert distill_loss(teacher, labels, teacher, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    smoothed = torch.nn.functional.cross_entropy(student, labels, reduction="sum", label_smoothing=0.2)
+    assert distill_loss(student, labels, teacher, 2.0, 0.0, label_smoothing=0.2) == pytest.approx(smoothed.item(), rel=1e-6)
+    assert smoothed.item() != pytest.approx(ce.item(), rel=1e-3)
 
 
 def test_teacher_columns_follow_the_class_names():

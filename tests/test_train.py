@@ -142,3 +142,22 @@ def test_resume_with_a_different_config_is_refused_not_silently_replaced(trained
     with pytest.raises(UserError, match="resume continues .* saved config.yaml, and the config given differs"):
         train(other, out, resume=True, **quiet)
     assert (out / "metrics.json").read_bytes() == before
+
+
+def test_label_smoothing_caps_the_confidence_the_model_learns(trained_run, tiny_model_dir, synthetic_csv,
+                                                              synthetic_test_csv, tmp_path):
+    import pandas as pd
+
+    from budgetlora.deploy.predictor import load_predictor
+    from budgetlora.evaluation.metrics import softmax
+
+    smoothed = train(tiny_config(tiny_model_dir, synthetic_csv, "train.label_smoothing=0.6"), tmp_path / "ls", **quiet)
+    texts = pd.read_csv(synthetic_test_csv)["text"].tolist()
+
+    def mean_confidence(run) -> float:
+        predictor = load_predictor(run)
+        return float(softmax(predictor.logits(predictor.encode(texts))).max(axis=1).mean())
+
+    assert smoothed["val"]["accuracy"] >= 0.8
+    # smoothing 0.6 over 4 classes: the loss is lowest at 0.4 + 0.6 / 4 = 0.55 on the true class
+    assert mean_confidence(tmp_path / "ls") < 0.65 < mean_confidence(trained_run[0])

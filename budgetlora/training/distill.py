@@ -130,10 +130,11 @@ def _read_cached_logits(path: Path, rows: int, log) -> np.ndarray | None:
 
 
 def distill_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                 weight: float) -> torch.Tensor:
-    """Summed over rows: weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * cross-entropy."""
+                 weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed over rows: weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * cross-entropy
+    (its targets smoothed by `label_smoothing`)."""
     t = temperature
     kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                   reduction="none", log_target=True).sum(dim=-1)
-    ce = F.cross_entropy(student, labels, reduction="none")
+    ce = F.cross_entropy(student, labels, reduction="none", label_smoothing=label_smoothing)
     return (weight * t * t * kl + (1 - weight) * ce).sum()

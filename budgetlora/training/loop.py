@@ -415,10 +415,11 @@ class Recipe:
         with accelerator.autocast():
             logits = self.parallel_model(**batch.model_inputs(accelerator.device)).logits
         if data.teacher is None:
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum") * weight
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum",
+                                   label_smoothing=cfg.train.label_smoothing) * weight
         else:
             loss = distill_loss(logits.float(), labels, data.teacher[batch.index].to(accelerator.device),
-                                cfg.distill.temperature, cfg.distill.weight) * weight
+                                cfg.distill.temperature, cfg.distill.weight, cfg.train.label_smoothing) * weight
         extra = methods.extra_loss(self.model)  # AdaLoRA's orthogonal regularisation; None for other methods
         accelerator.backward(loss if extra is None else loss + extra)
         step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
