@@ -25,6 +25,7 @@ Ablations: append modifiers with "+" to any pipeline, e.g. ``budgetlora+b16``,
   +fp32     force fp32                   +bf16               force bf16 autocast
   +tokens   budgetlora with train.batching=tokens (batches of about equal tokens)
   +torchdrop budgetlora with train.fast_dropout=false (torch's own CPU dropout masks)
+  +pefttrain budgetlora with train.fused_lora=false (PEFT's own LoRA layers in training)
   +sdpa / +eager  budgetlora with model.attention=sdpa / eager (auto: eager on a CPU)
 
 Length of training. ``--max-steps S`` is the number of optimizer steps at batch 32; every

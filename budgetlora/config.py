@@ -144,6 +144,9 @@ class TrainConfig:
     # on a CPU, dropout masks from numpy's PCG64 instead of torch's serial generator: the same
     # dropout, 4x cheaper to draw (budgetlora/training/fast_dropout.py); GPUs keep torch's
     fast_dropout: bool = True
+    # on a CPU, each plain LoRA Linear's base and adapter in one autograd Function that writes its
+    # output once (budgetlora/training/fused_lora.py): the same gradients, fewer passes over memory
+    fused_lora: bool = True
     progress: bool = True
     # reporting: a tracker for the metrics (Accelerate), a light per-step log, the run report
     tracker: str = field(default="tensorboard", metadata=_choice("tensorboard", "mlflow", "wandb", "none"))

@@ -35,6 +35,7 @@ def budgetlora_config(spec: Spec, args, model_path: str, seed: int, steps: int |
         "train.progress=false",
         *(["train.batching=tokens"] if spec.batching == "tokens" else []),
         *([] if spec.fast_dropout else ["train.fast_dropout=false"]),
+        *([] if spec.fused_lora else ["train.fused_lora=false"]),
         *([] if spec.attention == "auto" else [f"model.attention={spec.attention}"]),
     ]
     if steps is not None:

@@ -22,6 +22,7 @@ class Spec:
     dropout: float
     batching: str = "rows"  # budgetlora's train.batching
     fast_dropout: bool = True  # budgetlora's train.fast_dropout (its CPU dropout masks)
+    fused_lora: bool = True  # budgetlora's train.fused_lora (its CPU LoRA layers)
     attention: str = "auto"  # budgetlora's model.attention
 
 
@@ -63,6 +64,8 @@ def apply_modifier(spec: Spec, mod: str) -> None:
         spec.batching = "tokens"
     elif mod == "torchdrop" and spec.kind == "budgetlora":
         spec.fast_dropout = False
+    elif mod == "pefttrain" and spec.kind == "budgetlora":
+        spec.fused_lora = False
     elif mod in ("sdpa", "eager") and spec.kind == "budgetlora":
         spec.attention = mod
     else:

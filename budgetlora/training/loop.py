@@ -40,6 +40,7 @@ from ..evaluation.metrics import compute_logits, full_metrics, pad_id_of, quick_
 from . import tracking
 from .distill import distill_loss, teacher_logits
 from .fast_dropout import use_fast_dropout
+from .fused_lora import use_fused_lora
 from .schedule import scheduler as lr_scheduler
 from .selftrain import SelfTraining
 
@@ -232,6 +233,10 @@ class Recipe:
             store_frozen_encoder_in(self.model, hardware.torch_dtype(self.precision.value))
         if cfg.train.fast_dropout and accelerator.device.type == "cpu":
             use_fast_dropout(self.model)
+        if cfg.train.fused_lora and accelerator.device.type == "cpu":
+            fused = use_fused_lora(self.model)
+            if fused:
+                self.log(f"fused LoRA layers: {fused} (train.fused_lora: base and adapter written in one pass)")
         self.optimizer = _optimizer(cfg, self.model)
         self.scheduler = lr_scheduler(cfg, self.optimizer, self.total_steps - self.round_start)
         self.state = self._restore()
