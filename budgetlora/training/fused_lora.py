@@ -56,9 +56,8 @@ class LoraLinearFunction(torch.autograd.Function):
             if wants_x:  # not for the first layer's input, which nothing trainable precedes
                 grad_x = g2 @ weight  # the frozen base's part of the input gradient
                 if not ctx.separate_dropout:
-                    grad_x = grad_x.addmm_(grad_adapted, lora_a).view(ctx.x_shape)  # the adapter's part, in place
-                else:
-                    grad_x = grad_x.view(ctx.x_shape)
+                    grad_x.addmm_(grad_adapted, lora_a)  # the adapter's part, accumulated in place
+                grad_x = grad_x.view(ctx.x_shape)
             if wants_dropped:
                 grad_dropped = (grad_adapted @ lora_a).view(ctx.x_shape)
         # autograd casts each gradient to its input's dtype (fp32 master weights under bf16 autocast)
