@@ -86,3 +86,18 @@ def test_attention_benchmark_runs_each_kernel(tiny_model_dir, synthetic_csv, tmp
     assert [(r["length"], r["attention"]) for r in results] == [(16, "eager"), (16, "sdpa")]
     assert all(r["precision"] == "fp32" and r["steps"] == 1 for r in results)
     assert all(r["train_samples_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in results)
+
+
+def test_lora_step_benchmark_times_both_sides(tiny_model_dir, tmp_path):
+    """benchmarks/lora_step.py: interleaved steps of PEFT's layers against the fused ones, and of
+    another fused_lora.py file (`--against`) against this checkout's. No figure is checked."""
+    against = tmp_path / "fused_lora_copy.py"
+    against.write_text((SPEED.parents[1] / "budgetlora" / "training" / "fused_lora.py").read_text())
+    for extra, baseline in (([], "peft"), (["--against", str(against)], "against")):
+        args = ["--model", str(tiny_model_dir), "--batch", "2", "--tokens", "8", "--steps", "2", *extra]
+        done = subprocess.run([sys.executable, str(SPEED.parent / "lora_step.py"), *args], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["fused_layers"] > 0
+        assert result[f"{baseline}_ms_median"] > 0 and result["fused_ms_median"] > 0 and result["speedup_paired_median"] > 0

@@ -12,6 +12,11 @@ B's product is accumulated into it by BLAS (`addmm_`, the scaling as its alpha);
 writes one input gradient, into which the adapter's part is accumulated the same way. Same
 parameters, same PEFT adapter files; gradients equal PEFT's to rounding (tests/test_fused_lora.py).
 
+The rank-r intermediates are kept r-major, (r, rows) rather than (rows, r): the products that read
+a full-width activation and write a rank-r result (A x, B^T g, and B's gradient) ran 1.5-5x faster
+in that layout on a Zen 3 CPU (BLAS handles a skinny left operand better than a skinny right one),
+which made the whole MiniLM step 5-10% faster (docs/speed.md).
+
 `use_fused_lora(model)` rebinds `forward` of every plain LoRA Linear (one active adapter, an
 `nn.Linear` base, no DoRA or other variant); anything else, and a merged or disabled layer, keeps
 PEFT's own forward. Under autocast (bf16) it computes in the autocast dtype, as PEFT's layer does.
@@ -36,30 +41,30 @@ class LoraLinearFunction(torch.autograd.Function):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             d2 = x2 if dropped is None else dropped.reshape(-1, x.shape[-1]).to(dtype)
             weight, lora_a, lora_b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
-            adapted = d2 @ lora_a.t()  # (rows, r)
+            adapted_t = lora_a @ d2.t()  # (r, rows): r-major, as the module docstring says
             out = x2 @ weight.t() if bias is None else torch.addmm(bias.to(dtype), x2, weight.t())
-            out.addmm_(adapted, lora_b.t(), alpha=scaling)  # into the base product: no second full-width tensor
-        ctx.save_for_backward(d2, adapted, weight, lora_a, lora_b)
+            out.addmm_(adapted_t.t(), lora_b.t(), alpha=scaling)  # into the base product: no second full-width tensor
+        ctx.save_for_backward(d2, adapted_t, weight, lora_a, lora_b)
         ctx.scaling, ctx.x_shape, ctx.separate_dropout = scaling, x.shape, dropped is not None
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        d2, adapted, weight, lora_a, lora_b = ctx.saved_tensors
+        d2, adapted_t, weight, lora_a, lora_b = ctx.saved_tensors
         wants_x, wants_dropped = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = grad_dropped = None
         with torch.autocast(grad.device.type, enabled=False):
             g2 = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
-            grad_adapted = (g2 @ lora_b).mul_(ctx.scaling)  # (rows, r)
-            grad_a = grad_adapted.t() @ d2
-            grad_b = (g2.t() @ adapted).mul_(ctx.scaling)
+            grad_adapted_t = (lora_b.t() @ g2.t()).mul_(ctx.scaling)  # (r, rows)
+            grad_a = grad_adapted_t @ d2
+            grad_b = (adapted_t @ g2).mul_(ctx.scaling).t()
             if wants_x:  # not for the first layer's input, which nothing trainable precedes
                 grad_x = g2 @ weight  # the frozen base's part of the input gradient
                 if not ctx.separate_dropout:
-                    grad_x.addmm_(grad_adapted, lora_a)  # the adapter's part, accumulated in place
+                    grad_x.addmm_(grad_adapted_t.t(), lora_a)  # the adapter's part, accumulated in place
                 grad_x = grad_x.view(ctx.x_shape)
             if wants_dropped:
-                grad_dropped = (grad_adapted @ lora_a).view(ctx.x_shape)
+                grad_dropped = (grad_adapted_t.t() @ lora_a).view(ctx.x_shape)
         # autograd casts each gradient to its input's dtype (fp32 master weights under bf16 autocast)
         return grad_x, grad_dropped, None, None, grad_a, grad_b, None
 
