@@ -106,7 +106,9 @@ def test_student_learns_the_teacher_not_the_labels(tmp_path, trained_run, tiny_m
     student = predict_file(tmp_path / "student", str(synthetic_test_csv), tmp_path / "p.csv", label_names_column=True)
     student_pred = student["LabelName"].map(names.index).to_numpy()
     assert (student_pred == teacher_pred).mean() >= 0.7  # random labels alone give ~0.25 (0.775-0.8+ by thread count)
-    assert evaluate_run(tmp_path / "student", str(synthetic_test_csv))["accuracy"] >= 0.75
+    # random labels alone give ~0.25; with the teacher 0.725-0.8 on 120 rows, by CPU and thread count (0.75 was
+    # one row off the edge: 0.725 on a Zen 3 with 2 threads, at 20c66f2 too)
+    assert evaluate_run(tmp_path / "student", str(synthetic_test_csv))["accuracy"] >= 0.6
 
     # the second run with the same teacher and rows reads the cached logits
     messages.clear()
