@@ -161,13 +161,12 @@ def process_seconds() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
-def _budgeted_rows(settings: list[str], budget_s: float, started: float, log) -> int:
+def _budgeted_rows(settings: list[str], eval_rows: int, budget_s: float, started: float, log) -> int:
     cfg = load_config(RECIPE, settings)
     texts = read_table(cfg.data.train, cfg.data, split="train").texts
     table_rows = len(texts)
     rates = measure_rates(settings, texts[::max(1, table_rows // CALIBRATION_INFERENCE_ROWS)][:CALIBRATION_INFERENCE_ROWS])
     val_rows = int(cfg.data.val_size) if cfg.data.val_size >= 1 else round(cfg.data.val_size * table_rows)
-    eval_rows = len(read_table(str(sample_files()[1]), cfg.data, split="test").texts)
     # after training: the validation rows through the model and the probe, the evaluation rows through both
     fixed_inference_rows = 2 * (val_rows + eval_rows)
     spent = time.time() - started
@@ -206,15 +205,16 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
     cfg = load_config(RECIPE, settings)
     started = time.time()
     log(f"quickstart: MiniLM-L6 + LoRA on {train_file.name} (AG News sample), evaluating on {eval_file.name}")
+    table = read_table(str(eval_file), cfg.data, split="test")  # read once: its size is part of a time budget
     if time_budget is not None:
-        cfg = load_config(RECIPE, [*settings, f"data.max_train_samples={_budgeted_rows(settings, time_budget, started, log)}"])
+        rows = _budgeted_rows(settings, len(table.texts), time_budget, started, log)
+        cfg = load_config(RECIPE, [*settings, f"data.max_train_samples={rows}"])
     train_metrics = train(cfg, out / "run", overwrite=overwrite, log=log)
 
     # evaluate and predict the held-out sample from one pass of the trained model, merged, in the
     # precision the deploy path picks (train.precision auto: bf16 on a CPU with native bf16)
     predictor = load_predictor(out / "run", precision=cfg.train.precision)
     label_names, tokenizer = predictor.label_names, predictor.tokenizer
-    table = read_table(str(eval_file), cfg.data, split="test")
     logits = predictor_logits(predictor, table.texts, progress=cfg.train.progress)
     metrics = full_metrics(logits, encode_labels(table, label_names), label_names, seed=cfg.train.seed)
     metrics.update(data=str(eval_file), precision=predictor.precision)

@@ -15,7 +15,7 @@ parameters, same PEFT adapter files; gradients equal PEFT's to rounding (tests/t
 The rank-r intermediates are kept r-major, (r, rows) rather than (rows, r): the products that read
 a full-width activation and write a rank-r result (A x, B^T g, and B's gradient) ran 1.5-5x faster
 in that layout on a Zen 3 CPU (BLAS handles a skinny left operand better than a skinny right one),
-which made the whole MiniLM step 5-10% faster (docs/speed.md).
+which made the whole MiniLM step 6-10% faster (docs/speed.md).
 
 `use_fused_lora(model)` rebinds `forward` of every plain LoRA Linear (one active adapter, an
 `nn.Linear` base, no DoRA or other variant); anything else, and a merged or disabled layer, keeps
