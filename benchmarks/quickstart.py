@@ -15,7 +15,11 @@ runs, measured here on whatever CPU this is (its family, model and vector flags 
 `--time-budget SECONDS` runs `budgetlora quickstart --time-budget SECONDS`: the training rows sized
 to this machine's measured speed; the rows each run chose are recorded.
 
-    python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--time-budget 180] [--out FILE.json]
+`--shared-cache` gives every run one feature and token cache (the first run fills it): what a user's
+second and later quickstarts find. The budgetlora the runs import is recorded (its folder and git
+commit), so another checkout can be measured with PYTHONPATH=OTHER_CHECKOUT.
+
+    python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--time-budget 180] [--shared-cache] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from speedbench.machine import cpu_identity, cpu_model, device_name  # noqa: E402
 
 
-def run_once(seed: int, precision: str, workdir: Path, time_budget: float | None = None) -> dict:
+def run_once(seed: int, precision: str, workdir: Path, time_budget: float | None = None,
+             shared_cache: bool = False) -> dict:
     out = workdir / f"qs-{precision}-s{seed}"
-    env = dict(os.environ, BUDGETLORA_CACHE=str(workdir / f"cache-{precision}-s{seed}"))  # nothing cached
+    cache = workdir / ("cache-shared" if shared_cache else f"cache-{precision}-s{seed}")  # fresh: nothing cached
+    env = dict(os.environ, BUDGETLORA_CACHE=str(cache))
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "budgetlora", "quickstart", "--out", str(out),
                            "--set", f"train.seed={seed}", "--set", f"train.precision={precision}",
@@ -56,6 +62,16 @@ def run_once(seed: int, precision: str, workdir: Path, time_budget: float | None
             "baseline_seconds": summary.get("baseline_seconds"),
             "time_budget_s": time_budget, "train_rows": summary["train_rows"], "train_samples_per_s": summary["train_samples_per_s"],
             "quickstart_wall_seconds": summary["wall_seconds"], "process_wall_seconds": process_seconds}
+
+
+def budgetlora_checkout() -> dict:
+    """The budgetlora package the runs import (PYTHONPATH decides) and its git commit."""
+    folder = subprocess.run([sys.executable, "-c", "import budgetlora, os; print(os.path.dirname(budgetlora.__file__))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--", "."], capture_output=True,
+                           text=True).stdout.strip()
+    return {"package": folder, "commit": commit or None, "uncommitted_changes": bool(dirty)}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -76,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", help="comma-separated: auto, fp32, bf16")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="pass --time-budget to every quickstart (rows sized to the machine)")
+    p.add_argument("--shared-cache", action="store_true",
+                   help="one feature/token cache for all runs (the first fills it), as a user's later runs find it")
     p.add_argument("--out", default=None, help="results JSON (default: print only)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -84,11 +102,12 @@ def main(argv=None) -> int:
               "device": device_name(), "cpu": cpu_model(), "cpu_identity": cpu_identity(),
               "command": "budgetlora quickstart --set train.seed=S --set train.precision=P"
                          + (f" --time-budget {args.time_budget:g}" if args.time_budget is not None else ""),
-              "runs": []}
+              "cache": "shared by all runs, in run order" if args.shared_cache else "fresh for every run",
+              "budgetlora": budgetlora_checkout(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp:
         for seed in seeds:  # interleaved: a slow spell on a shared machine hits every precision alike
             for precision in precisions:
-                row = run_once(seed, precision, Path(tmp), args.time_budget)
+                row = run_once(seed, precision, Path(tmp), args.time_budget, args.shared_cache)
                 result["runs"].append(row)
                 lo, hi = row["eval_accuracy_ci95"]
                 print(f"seed {seed} {row['precision']}: accuracy {row['eval_accuracy']:.4f} ({lo:.4f}-{hi:.4f}), "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -80,9 +81,16 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .training.loop import train
 
-    if args.resume and (args.recipe or args.overrides):
-        raise UserError("--resume continues the run's saved config.yaml; drop --recipe/--set")
+    if args.resume and (args.recipe or args.overrides or args.time_budget is not None):
+        raise UserError("--resume continues the run's saved config.yaml (its rows included); drop --recipe/--set/--time-budget")
     cfg = None if args.resume else load_config(args.recipe, args.overrides)
+    if args.time_budget is not None:  # the whole command's seconds: start-up and imports count
+        from . import rundir
+        from .training.time_budget import plan_time_budget, process_seconds
+
+        rundir.precheck(args.out, overwrite=args.overwrite, resume=False)  # refused now, not after measuring
+        cfg = plan_time_budget(cfg, args.time_budget, time.time() - process_seconds(),
+                               trust_pickle=args.trust_pickle).cfg
     train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, trust_pickle=args.trust_pickle)
     return 0
 
@@ -212,7 +220,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_quickstart(args) -> int:
-    from .quickstart import process_seconds, quickstart
+    from .quickstart import quickstart
+    from .training.time_budget import process_seconds
 
     budget = args.time_budget
     if budget is not None and budget > 0:  # the budget is the whole command's: start-up and imports count
@@ -367,6 +376,9 @@ def _declare_train(sub) -> None:
     p.add_argument("--out", required=True, help="run directory to create")
     _add_overwrite(p, "run directory")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="finish within SECONDS: the training rows (data.max_train_samples, a cap if set) are sized "
+                   "to this machine's measured speed before training and written to config.yaml")
     _add_trust_pickle(p)
     p.set_defaults(func=_cmd_train)
 

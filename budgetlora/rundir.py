@@ -78,6 +78,12 @@ def claim(out: Path | str, *, overwrite: bool, resume: bool) -> tuple[RunPlan, f
         raise
 
 
+def precheck(out: Path | str, *, overwrite: bool, resume: bool) -> None:
+    """The refusal `claim` would give, without taking the lock or writing anything: for a caller
+    about to spend time before training (a time budget's measuring)."""
+    _plan(Path(out), overwrite=overwrite, resume=resume)
+
+
 def _plan(out: Path, *, overwrite: bool, resume: bool) -> RunPlan:
     staging = staging_dir(out)
     if resume:

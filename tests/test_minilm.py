@@ -93,7 +93,8 @@ def test_quickstart_with_a_time_budget_trains_the_rows_it_chose(tmp_path):
     # minute, read from the refusal of a budget of 1 s, so the test holds on a slow CPU too
     import yaml
 
-    from budgetlora.quickstart import MIN_BUDGET_ROWS, quickstart
+    from budgetlora.quickstart import quickstart
+    from budgetlora.training.time_budget import MIN_BUDGET_ROWS
 
     with pytest.raises(UserError) as refused:
         quickstart(tmp_path / "too-short", time_budget=1, overrides=["train.progress=false"], log=lambda m: None)
@@ -107,3 +108,6 @@ def test_quickstart_with_a_time_budget_trains_the_rows_it_chose(tmp_path):
     assert config["data"]["max_train_samples"] == rows == summary["train_rows"]
     assert rows % 32 == 0 and rows > MIN_BUDGET_ROWS  # a minute more than the fewest rows need buys more rows
     assert summary["time_budget_s"] == budget and summary["eval_accuracy"] > 0.7
+    # the baseline's pass over the evaluation rows ran while measuring; the end read it back
+    baseline = json.loads((tmp_path / "qs" / "baseline_eval_metrics.json").read_text())
+    assert baseline["features_cached"] is True

@@ -204,6 +204,18 @@ class FrozenEncoder:
         return features
 
 
+def frozen_features(cfg, tokenizer, texts: list[str], pooling: str | None = None):
+    """(features, from_cache) of `texts` through the baseline's frozen encoder, as the run's
+    baseline computes them (same pooling, batch size, precision: the same feature-cache entry)."""
+    from ..data import tokenize
+    from ..evaluation.metrics import pad_id_of
+
+    encoder = FrozenEncoder(cfg.model.name, pad_id_of(tokenizer), pooling, cfg.train.eval_batch_size,
+                            cfg.train.precision)
+    features = encoder.features(tokenize(texts, tokenizer, cfg.model.max_length))
+    return features, encoder.cache_hits > 0
+
+
 # ---------------------------------------------------------------- the logistic regression
 
 
