@@ -20,6 +20,7 @@ from .adapters.model import build_model, load_run
 from .adapters.planner import fill, plan
 from .evaluation.predict import predict_file
 from .training.loop import Hooks, train
+from .training.time_budget import plan_time_budget
 from .deploy.export import export_run
 from .deploy.predictor import load_predictor
 
@@ -38,6 +39,7 @@ __all__ = [
     "plan",
     "fill",
     "plan_from_config",
+    "plan_time_budget",
     "predict_file",
     "recipe_names",
     "train",

@@ -101,3 +101,18 @@ def test_lora_step_benchmark_times_both_sides(tiny_model_dir, tmp_path):
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["fused_layers"] > 0
         assert result[f"{baseline}_ms_median"] > 0 and result["fused_ms_median"] > 0 and result["speedup_paired_median"] > 0
+
+
+def test_time_budget_benchmark_records_a_run_and_a_refusal(tiny_model_dir, tmp_path):
+    """benchmarks/time_budget.py on the tiny model: a budget that holds rows trains them (rows and
+    accuracies recorded from the run's files), one too short is recorded as refused. The wall
+    time is recorded, not checked."""
+    out = tmp_path / "tb.json"
+    done = subprocess.run([sys.executable, str(SPEED.parent / "time_budget.py"), "--model", str(tiny_model_dir),
+                           "--budgets", "1,40", "--cases", "two-epochs", "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    refused, trained = json.loads(out.read_text())["runs"]
+    assert "too short" in refused["refused"] and refused["budget_s"] == 1
+    assert trained["budget_s"] == 40 and trained["epochs"] == 2 and trained["train_rows"] >= 320
+    assert trained["plan"].startswith("time budget 40 s") and 0 <= trained["test_accuracy"] <= 1

@@ -22,26 +22,33 @@ RATES = MachineRates(train_s_per_row=0.02, infer_s_per_row=0.01, seconds=5.0)
 def test_rows_are_what_the_budget_leaves_in_whole_batches():
     # fixed: 20 s spent + 15 s reserve + 5,000 inference rows x 0.01 s = 85 s; each row 0.03 s
     rows = rows_for_time_budget(180, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32,
-                                reserve_s=15)
+                                reserve_s=15, margin=1)
     assert rows == 3136  # floor(95 / 0.03) = 3166, down to whole batches of 32
 
 
 def test_rows_stop_at_what_the_file_holds():
     rows = rows_for_time_budget(10_000, 20, RATES, fixed_inference_rows=5000, available=2000, batch_size=32,
-                                reserve_s=15)
+                                reserve_s=15, margin=1)
     assert rows == 2000  # all of them, the last batch part-full as in any run
+
+
+def test_the_plan_takes_the_machine_as_slower_than_measured():
+    # x1.15: fixed 20 + 15 + 57.5 = 92.5 s, each row 0.0345 s; floor(87.5 / 0.0345) = 2536 -> 2528
+    rows = rows_for_time_budget(180, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32,
+                                reserve_s=15, margin=1.15)
+    assert rows == 2528
 
 
 def test_fewer_rows_than_the_minimum_are_not_refused_when_they_all_fit():
     assert rows_for_time_budget(10_000, 20, RATES, fixed_inference_rows=5000, available=100, batch_size=32,
-                                reserve_s=15) == 100
+                                reserve_s=15, margin=1) == 100
 
 
 def test_a_budget_too_short_is_refused_with_the_budget_that_fits():
     assert rows_for_time_budget(100, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32,
-                                reserve_s=15) == 480 >= MIN_BUDGET_ROWS
+                                reserve_s=15, margin=1) == 480 >= MIN_BUDGET_ROWS
     with pytest.raises(UserError) as refused:
-        rows_for_time_budget(90, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32, reserve_s=15)
+        rows_for_time_budget(90, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32, reserve_s=15, margin=1)
     message = str(refused.value)
     assert "\n" not in message and "at least 95 s" in message  # 85 s fixed + 320 rows x 0.03 s = 94.6 s
 
@@ -49,14 +56,14 @@ def test_a_budget_too_short_is_refused_with_the_budget_that_fits():
 def test_frozen_passes_per_training_row_count_as_inference_rows():
     # 2 frozen passes per training row: each row 0.02 + 2 x 0.01 = 0.04 s; floor(95 / 0.04) = 2375 -> 2368
     rows = rows_for_time_budget(180, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32,
-                                reserve_s=15, inference_per_training_row=2)
+                                reserve_s=15, inference_per_training_row=2, margin=1)
     assert rows == 2368
 
 
 def test_epochs_multiply_the_training_share_only():
     # 2 epochs: each row 2 x 0.02 + 0.01 = 0.05 s; floor(95 / 0.05) = 1900 -> 1888
     rows = rows_for_time_budget(180, 20, RATES, fixed_inference_rows=5000, available=9500, batch_size=32,
-                                reserve_s=15, epochs=2)
+                                reserve_s=15, epochs=2, margin=1)
     assert rows == 1888
 
 

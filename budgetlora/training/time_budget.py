@@ -29,6 +29,9 @@ CALIBRATION_STEPS = 6  # the first is a warm-up and is not timed
 CALIBRATION_VAL_ROWS = 32  # the throwaway run's validation rows: its own evaluation is not timed
 CALIBRATION_INFERENCE_ROWS = 256  # rows spread over the training file, through the merged predictor
 BUDGET_RESERVE_S = 15.0  # the probe's fit, saving, the report, loading the predictor
+# the plan takes the machine as this much slower than measured: a shared 2-core VM's speed drifts
+# within minutes (31-41 training rows/s over one session on a Zen 3), and a budget is a promise
+RATE_MARGIN = 1.15
 MIN_BUDGET_ROWS = 320  # ten steps of 32: below this the run is not worth its fixed costs
 GROUPED_PADDING = 1.05  # padded / real tokens of length-grouped batches of 32 (speed.py's "pad %")
 
@@ -137,14 +140,15 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
 
 def rows_for_time_budget(budget_s: float, spent_s: float, rates: MachineRates, *, fixed_inference_rows: int,
                          available: int, batch_size: int, reserve_s: float = BUDGET_RESERVE_S,
-                         inference_per_training_row: float = 1, epochs: float = 1) -> int:
+                         inference_per_training_row: float = 1, epochs: float = 1,
+                         margin: float = RATE_MARGIN) -> int:
     """Training rows that fit: each costs `epochs` training steps' shares and
     `inference_per_training_row` inference rows (the probe's features, periodic validation); the
     `fixed_inference_rows` (validation, test, evaluation rows) and a reserve are paid whatever the
-    rows. Whole batches, or all `available` rows where they fit; a budget too short for
+    rows; every measured cost is taken `margin` times slower. Whole batches, or all `available` rows where they fit; a budget too short for
     MIN_BUDGET_ROWS of them is refused."""
-    fixed = spent_s + reserve_s + fixed_inference_rows * rates.infer_s_per_row
-    per_row = epochs * rates.train_s_per_row + inference_per_training_row * rates.infer_s_per_row
+    fixed = spent_s + reserve_s + margin * fixed_inference_rows * rates.infer_s_per_row
+    per_row = margin * (epochs * rates.train_s_per_row + inference_per_training_row * rates.infer_s_per_row)
     fit = math.floor((budget_s - fixed) / per_row)
     fit -= fit % batch_size
     if fit < min(MIN_BUDGET_ROWS, available):
