@@ -17,7 +17,8 @@ to this machine's measured speed; the rows each run chose are recorded.
 
 `--shared-cache` gives every run one feature and token cache (the first run fills it): what a user's
 second and later quickstarts find. The budgetlora the runs import is recorded (its folder and git
-commit), so another checkout can be measured with PYTHONPATH=OTHER_CHECKOUT.
+commit): `python -m` imports it from the working folder first, so to measure another checkout run
+this script from that checkout's folder (`cd OTHER && python /path/to/benchmarks/quickstart.py`).
 
     python benchmarks/quickstart.py --seeds 1,2,3 [--precision auto,fp32] [--time-budget 180] [--shared-cache] [--out FILE.json]
 """
