@@ -62,7 +62,8 @@ def run_once(seed: int, precision: str, workdir: Path, time_budget: float | None
             "baseline_eval_accuracy": summary.get("baseline_eval_accuracy"),
             "baseline_seconds": summary.get("baseline_seconds"),
             "time_budget_s": time_budget, "train_rows": summary["train_rows"], "train_samples_per_s": summary["train_samples_per_s"],
-            "quickstart_wall_seconds": summary["wall_seconds"], "process_wall_seconds": process_seconds}
+            "quickstart_wall_seconds": summary["wall_seconds"], "process_wall_seconds": process_seconds,
+            "plan": next((line for line in proc.stdout.splitlines() if line.startswith("time budget")), None)}
 
 
 def budgetlora_checkout() -> dict:

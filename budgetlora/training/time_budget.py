@@ -17,6 +17,7 @@ would end mid-schedule, with its learning rate not yet decayed, and could not be
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from ..errors import UserError
 CALIBRATION_STEPS = 6  # the first is a warm-up and is not timed
 CALIBRATION_VAL_ROWS = 32  # the throwaway run's validation rows: its own evaluation is not timed
 CALIBRATION_INFERENCE_ROWS = 256  # rows spread over the training file, through the merged predictor
+INFERENCE_CHUNK_ROWS = 64  # timed chunk by chunk, the median kept
 BUDGET_RESERVE_S = 15.0  # the probe's fit, saving, the report, loading the predictor
 # the plan takes the machine as this much slower than measured: a shared 2-core VM's speed drifts
-# within minutes (31-41 training rows/s over one session on a Zen 3), and a budget is a promise
-RATE_MARGIN = 1.15
+# within minutes (31-41 training rows/s over one session on a Zen 3), and a budget is a promise;
+# more margin wasted a quarter of a 180 s budget there when the measurement fell on a slow spell
+RATE_MARGIN = 1.10
 MIN_BUDGET_ROWS = 320  # ten steps of 32: below this the run is not worth its fixed costs
 GROUPED_PADDING = 1.05  # padded / real tokens of length-grouped batches of 32 (speed.py's "pad %")
 
@@ -93,9 +96,9 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
     """Train `cfg` for CALIBRATION_STEPS steps in a throwaway run directory and time, per token,
     the steps after the first; then, unless `infer_s_per_row` was measured already, time its
     merged predictor (what evaluates, and as costly as the probe's frozen encoder) on `texts`,
-    after a warm-up. Steps are timed through the loop's public Hooks: a batch is built at the start
+    after a warm-up, INFERENCE_CHUNK_ROWS rows at a time (the median chunk). Steps are timed through the loop's public Hooks: a batch is built at the start
     of every step, and the evaluation that follows the last step ends it. A step's time follows its
-    padded tokens, so the rate per token, scaled by the rows' mean length (and the few padding
+    padded tokens, so the median step's rate per token, scaled by the rows' mean length (and the few padding
     tokens of length-grouped batches), gives the seconds per training row."""
     from ..deploy.predictor import load_predictor
     from ..evaluation.metrics import predictor_logits
@@ -129,10 +132,14 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
         if infer_s_per_row is None:
             predictor = load_predictor(Path(folder) / "run", precision=cfg.train.precision)
             predictor_logits(predictor, texts[:32], progress=False)  # warm-up
-            begun = time.perf_counter()
-            predictor_logits(predictor, texts, progress=False)
-            infer_s_per_row = (time.perf_counter() - begun) / len(texts)
-    train_s_per_token = (marks[CALIBRATION_STEPS] - marks[1]) / sum(step_tokens[1:])
+            chunk_seconds = []
+            for start in range(0, len(texts), INFERENCE_CHUNK_ROWS):
+                begun = time.perf_counter()
+                predictor_logits(predictor, texts[start:start + INFERENCE_CHUNK_ROWS], progress=False)
+                chunk_seconds.append((time.perf_counter() - begun) / len(texts[start:start + INFERENCE_CHUNK_ROWS]))
+            infer_s_per_row = statistics.median(chunk_seconds)
+    # the median step, per token: a step slowed by something else on the machine does not count
+    train_s_per_token = statistics.median((marks[i + 1] - marks[i]) / step_tokens[i] for i in range(1, CALIBRATION_STEPS))
     mean_length = sum(lengths) / len(lengths)
     return MachineRates(train_s_per_row=train_s_per_token * mean_length * GROUPED_PADDING,
                         infer_s_per_row=infer_s_per_row, seconds=time.time() - started)
@@ -206,9 +213,11 @@ def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation
         from .probe import frozen_features
 
         begun = time.time()
-        _, cached = frozen_features(cfg, load_tokenizer(cfg.model.name), list(evaluation_texts))
+        tokenizer = load_tokenizer(cfg.model.name)
+        encoding = time.time()
+        _, cached = frozen_features(cfg, tokenizer, list(evaluation_texts))
         prepaid = time.time() - begun
-        infer_s_per_row = None if cached else prepaid / len(evaluation_texts)
+        infer_s_per_row = None if cached else (time.time() - encoding) / len(evaluation_texts)
     sample = texts[::max(1, len(texts) // CALIBRATION_INFERENCE_ROWS)][:CALIBRATION_INFERENCE_ROWS]
     rates = measure_rates(cfg, sample, infer_s_per_row)
     val_rows = val_rows_of(cfg, len(texts))
