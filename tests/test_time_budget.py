@@ -148,3 +148,14 @@ def test_cli_train_refuses_an_existing_run_before_measuring(tmp_path, tiny_model
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "already exists" in err[0]
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_step_slowed_by_something_else_does_not_set_the_rate():
+    from budgetlora.training.time_budget import seconds_per_token
+
+    # step starts (and the end of the last) at 0, 10, 11, 12, 15, 16, 17 s; 100 tokens each. The
+    # first step is a warm-up; of the others one took 3 s (another process ran): the rate is 1 s
+    marks = [0.0, 10.0, 11.0, 12.0, 15.0, 16.0, 17.0]
+    assert seconds_per_token(marks, [100] * 6) == pytest.approx(0.01)
+    # a step of twice the tokens may take twice the time
+    assert seconds_per_token([0.0, 10.0, 12.0, 13.0], [50, 200, 100]) == pytest.approx(0.01)

@@ -29,7 +29,7 @@ from ..errors import UserError
 CALIBRATION_STEPS = 6  # the first is a warm-up and is not timed
 CALIBRATION_VAL_ROWS = 32  # the throwaway run's validation rows: its own evaluation is not timed
 CALIBRATION_INFERENCE_ROWS = 256  # rows spread over the training file, through the merged predictor
-INFERENCE_CHUNK_ROWS = 64  # timed chunk by chunk, the median kept
+INFERENCE_REPEATS = 2  # the faster of two passes: noise only ever adds time
 BUDGET_RESERVE_S = 15.0  # the probe's fit, saving, the report, loading the predictor
 # the plan takes the machine as this much slower than measured: a shared 2-core VM's speed drifts
 # within minutes (31-41 training rows/s over one session on a Zen 3), and a budget is a promise;
@@ -92,11 +92,18 @@ def refuse_unsizable(cfg: Config) -> None:
                         f"{', '.join(clashes)}; drop {'it' if len(clashes) == 1 else 'them'} or the budget")
 
 
+def seconds_per_token(marks: list[float], step_tokens: list[int]) -> float:
+    """The median step's seconds per padded token, the first step (a warm-up) left out: `marks`
+    holds each step's start and then the last one's end, `step_tokens` each step's tokens. A step
+    slowed by something else on the machine does not set the rate."""
+    return statistics.median((marks[i + 1] - marks[i]) / step_tokens[i] for i in range(1, len(step_tokens)))
+
+
 def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None = None) -> MachineRates:
     """Train `cfg` for CALIBRATION_STEPS steps in a throwaway run directory and time, per token,
     the steps after the first; then, unless `infer_s_per_row` was measured already, time its
     merged predictor (what evaluates, and as costly as the probe's frozen encoder) on `texts`,
-    after a warm-up, INFERENCE_CHUNK_ROWS rows at a time (the median chunk). Steps are timed through the loop's public Hooks: a batch is built at the start
+    after a warm-up (the faster of INFERENCE_REPEATS passes). Steps are timed through the loop's public Hooks: a batch is built at the start
     of every step, and the evaluation that follows the last step ends it. A step's time follows its
     padded tokens, so the median step's rate per token, scaled by the rows' mean length (and the few padding
     tokens of length-grouped batches), gives the seconds per training row."""
@@ -132,15 +139,14 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
         if infer_s_per_row is None:
             predictor = load_predictor(Path(folder) / "run", precision=cfg.train.precision)
             predictor_logits(predictor, texts[:32], progress=False)  # warm-up
-            chunk_seconds = []
-            for start in range(0, len(texts), INFERENCE_CHUNK_ROWS):
+            passes = []
+            for _ in range(INFERENCE_REPEATS):  # whole passes (small chunks would pad more than the run's)
                 begun = time.perf_counter()
-                predictor_logits(predictor, texts[start:start + INFERENCE_CHUNK_ROWS], progress=False)
-                chunk_seconds.append((time.perf_counter() - begun) / len(texts[start:start + INFERENCE_CHUNK_ROWS]))
-            infer_s_per_row = statistics.median(chunk_seconds)
-    # the median step, per token: a step slowed by something else on the machine does not count
-    train_s_per_token = statistics.median((marks[i + 1] - marks[i]) / step_tokens[i] for i in range(1, CALIBRATION_STEPS))
+                predictor_logits(predictor, texts, progress=False)
+                passes.append((time.perf_counter() - begun) / len(texts))
+            infer_s_per_row = min(passes)
     mean_length = sum(lengths) / len(lengths)
+    train_s_per_token = seconds_per_token(marks, step_tokens)
     return MachineRates(train_s_per_row=train_s_per_token * mean_length * GROUPED_PADDING,
                         infer_s_per_row=infer_s_per_row, seconds=time.time() - started)
 
@@ -160,7 +166,7 @@ def rows_for_time_budget(budget_s: float, spent_s: float, rates: MachineRates, *
     fit -= fit % batch_size
     if fit < min(MIN_BUDGET_ROWS, available):
         needed = math.ceil(fixed + MIN_BUDGET_ROWS * per_row)
-        raise UserError(f"time budget {budget_s:g} s is too short on this machine: measuring, evaluation and a "
+        raise UserError(f"time budget {budget_s:.4g} s is too short on this machine: measuring, evaluation and a "
                         f"reserve take {fixed:.0f} s and {MIN_BUDGET_ROWS} training rows {MIN_BUDGET_ROWS * per_row:.0f} s "
                         f"more; give at least {needed} s (plus Python's start-up), or leave --time-budget out "
                         "(the recipe's rows)")
@@ -230,7 +236,7 @@ def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation
     rows = rows_for_time_budget(budget_s, spent, rates, fixed_inference_rows=fixed_rows,
                                 inference_per_training_row=per_row, epochs=cfg.train.epochs,
                                 available=available, batch_size=cfg.train.batch_size)
-    line = (f"time budget {budget_s:g} s: measured {1 / rates.train_s_per_row:.1f} training and "
+    line = (f"time budget {budget_s:.4g} s: measured {1 / rates.train_s_per_row:.1f} training and "
             f"{1 / rates.infer_s_per_row:.0f} inference rows/s in {rates.seconds + prepaid:.0f} s; {spent:.0f} s spent "
             f"so far -> {rows} training rows (of {available}{' (data.max_train_samples)' if available == cap else ''}), "
             f"{cfg.train.epochs:g} epoch(s)")
