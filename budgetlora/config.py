@@ -435,19 +435,25 @@ def apply_override(values: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def with_overrides(cfg: Config, overrides: list[str] | tuple = ()) -> Config:
+    """`cfg` with `section.key=value` overrides applied and the whole validated again."""
+    values = cfg.to_dict()
+    for assignment in overrides:
+        apply_override(values, assignment)
+    return from_dict(values)
+
+
 def with_data_overrides(cfg: Config, overrides: list[str] | tuple = ()) -> Config:
     """A trained run's config with `data.KEY=VALUE` overrides applied (evaluate, predict); any
     other key is refused, since the trained model's settings cannot change after training."""
     if not overrides:
         return cfg
-    values = cfg.to_dict()
     for assignment in overrides:
         key = assignment.partition("=")[0].strip()
         if "=" in assignment and not key.startswith("data."):
             raise UserError(f"--set {key}: only data.* settings can change after training (the trained model's "
                             "settings are fixed); drop it, or train a new run with it")
-        apply_override(values, assignment)
-    return from_dict(values)
+    return with_overrides(cfg, overrides)
 
 
 def from_dict(values: dict) -> Config:

@@ -20,14 +20,14 @@ from importlib import resources
 from pathlib import Path
 
 from . import files
-from .config import load_config
+from .config import load_config, with_overrides
 from .data import encode_labels, read_table
 from .errors import UserError
 from .deploy.predictor import load_predictor
 from .evaluation.metrics import full_metrics, predictor_logits
 from .evaluation.predict import prediction_frame, write_predictions
 from .training.loop import train
-from .training.time_budget import plan_time_budget, with_settings
+from .training.time_budget import plan_time_budget
 
 
 RECIPE = "minilm-quickstart"
@@ -93,7 +93,7 @@ def quickstart(out: str | Path = "budgetlora-quickstart", *, overwrite: bool = F
     table = read_table(str(eval_file), cfg.data, split="test")  # read once: its size is part of a time budget
     prepaid_baseline_s = 0.0
     if time_budget is not None:  # every bundled row may train, not just the recipe's
-        plan = plan_time_budget(with_settings(cfg, ["data.max_train_samples=null"]), time_budget, started,
+        plan = plan_time_budget(with_overrides(cfg, ["data.max_train_samples=null"]), time_budget, started,
                                 evaluation_texts=table.texts, log=log)
         cfg, prepaid_baseline_s = plan.cfg, plan.prepaid_baseline_s
     train_metrics = train(cfg, out / "run", overwrite=overwrite, log=log)

@@ -6,13 +6,18 @@ import numpy as np
 
 from ..errors import UserError
 
+def validation_rows(val_size: float, n: int) -> int:
+    """How many of `n` rows data.val_size (a fraction below 1, or a row count) puts in validation."""
+    return int(val_size) if val_size >= 1 else int(np.ceil(val_size * n))
+
+
 def split_train_val(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split; val_size is a fraction (< 1) or a row count."""
     from sklearn.model_selection import train_test_split
 
     n = len(labels)
     size = int(val_size) if val_size >= 1 else val_size
-    n_val = size if isinstance(size, int) else int(np.ceil(size * n))
+    n_val = validation_rows(val_size, n)
     n_classes = len(np.unique(labels))
     if n_val < 1 or n - n_val < 1:
         raise UserError(f"data.val_size={val_size} leaves no validation or no training rows out of {n}; change it")

@@ -5,9 +5,9 @@ throwaway run of a few steps times a training row (per token, through the loop's
 an inference pass times an evaluation row; the training rows are then what the budget leaves
 once the seconds already spent, the inference passes the run makes whatever its rows (validation,
 test, the caller's evaluation rows) and a reserve are paid, in whole batches. The choice becomes
-`data.max_train_samples` in the returned config (a value set there already caps it), so the run's config.yaml repeats it exactly
-without a budget. A budget too short for MIN_BUDGET_ROWS rows is refused in one line naming the
-budget that would fit.
+`data.max_train_samples` in the returned config (a value set there already caps it), so the run's
+config.yaml repeats it exactly without a budget. A budget too short for MIN_BUDGET_ROWS rows is
+refused in one line naming the budget that would fit.
 
 Why by hand: neither transformers' Trainer nor Accelerate sizes a run to a wall-clock budget
 (Trainer's `max_steps` is a step count the user must guess), and a run stopped by time instead
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, apply_override, from_dict
+from ..config import Config, with_overrides
 from ..errors import UserError
 
 CALIBRATION_STEPS = 6  # the first is a warm-up and is not timed
@@ -67,14 +67,6 @@ def process_seconds() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
-def with_settings(cfg: Config, settings: list[str]) -> Config:
-    """`cfg` with `section.key=value` settings applied and validated again."""
-    values = cfg.to_dict()
-    for assignment in settings:
-        apply_override(values, assignment)
-    return from_dict(values)
-
-
 def refuse_unsizable(cfg: Config) -> None:
     """One line for the settings a time budget cannot size: a fixed step count, and the runs whose
     cost does not follow their training rows. (data.max_train_samples stays a cap.)"""
@@ -103,10 +95,11 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
     """Train `cfg` for CALIBRATION_STEPS steps in a throwaway run directory and time, per token,
     the steps after the first; then, unless `infer_s_per_row` was measured already, time its
     merged predictor (what evaluates, and as costly as the probe's frozen encoder) on `texts`,
-    after a warm-up (the faster of INFERENCE_REPEATS passes). Steps are timed through the loop's public Hooks: a batch is built at the start
-    of every step, and the evaluation that follows the last step ends it. A step's time follows its
-    padded tokens, so the median step's rate per token, scaled by the rows' mean length (and the few padding
-    tokens of length-grouped batches), gives the seconds per training row."""
+    after a warm-up (the faster of INFERENCE_REPEATS passes). Steps are timed through the loop's
+    public Hooks: a batch is built at the start of every step, and the evaluation that follows the
+    last step ends it. A step's time follows its padded tokens, so the median step's rate per
+    token, scaled by the rows' mean length (and the few padding tokens of length-grouped batches),
+    gives the seconds per training row."""
     from ..deploy.predictor import load_predictor
     from ..evaluation.metrics import predictor_logits
     from .loop import Hooks, train
@@ -130,7 +123,7 @@ def measure_rates(cfg: Config, texts: list[str], infer_s_per_row: float | None =
         return Hooks.compute_logits(*args, **kwargs)
 
     hooks.collate, hooks.compute_logits = collate, compute_logits
-    throwaway = with_settings(cfg, [
+    throwaway = with_overrides(cfg, [
         f"data.max_train_samples={CALIBRATION_STEPS * cfg.train.batch_size}", f"data.val_size={CALIBRATION_VAL_ROWS}",
         f"train.max_steps={CALIBRATION_STEPS}", "train.epochs=1", "train.eval_every=null", "train.baseline=none",
         "head.init=random", "train.report=false", "train.tracker=none", "train.progress=false", "data.test=null"])
@@ -192,11 +185,6 @@ def inference_passes(cfg: Config, val_rows: int, test_rows: int, evaluation_rows
     return per_row, fixed
 
 
-def val_rows_of(cfg: Config, table_rows: int) -> int:
-    size = cfg.data.val_size
-    return int(size) if size >= 1 else round(size * table_rows)
-
-
 def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation_texts: list[str] = (),
                      trust_pickle: bool = False, log=print) -> BudgetPlan:
     """The training rows of `cfg` that fit `budget_s` seconds counted from `started` (time.time()),
@@ -206,6 +194,7 @@ def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation
     inference row over all those rows (steadier than a short sample); from the cache it costs
     nothing and the merged predictor is timed on a sample instead."""
     from ..data import read_table
+    from ..data.split import validation_rows
 
     if not (math.isfinite(budget_s) and budget_s > 0):
         raise UserError(f"--time-budget {budget_s}: give a number of seconds above 0, e.g. --time-budget 600")
@@ -226,7 +215,7 @@ def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation
         infer_s_per_row = None if cached else (time.time() - encoding) / len(evaluation_texts)
     sample = texts[::max(1, len(texts) // CALIBRATION_INFERENCE_ROWS)][:CALIBRATION_INFERENCE_ROWS]
     rates = measure_rates(cfg, sample, infer_s_per_row)
-    val_rows = val_rows_of(cfg, len(texts))
+    val_rows = validation_rows(cfg.data.val_size, len(texts))
     per_row, fixed_rows = inference_passes(cfg, val_rows, test_rows, len(evaluation_texts))
     spent = time.time() - started
     available = len(texts) - val_rows
@@ -241,4 +230,4 @@ def plan_time_budget(cfg: Config, budget_s: float, started: float, *, evaluation
             f"so far -> {rows} training rows (of {available}{' (data.max_train_samples)' if available == cap else ''}), "
             f"{cfg.train.epochs:g} epoch(s)")
     log(line)
-    return BudgetPlan(with_settings(cfg, [f"data.max_train_samples={rows}"]), rows, prepaid, line)
+    return BudgetPlan(with_overrides(cfg, [f"data.max_train_samples={rows}"]), rows, prepaid, line)
