@@ -4,9 +4,11 @@
 Two modes:
 
   --url URL        load a server that is already running (any TEI-shaped /predict).
-  --serve PATH     start `python -m budgetlora serve PATH` itself on a free loopback port, once
-                   with dynamic batching and once with --no-batching (one request per model
-                   call), load each the same way, stop it with SIGTERM, and compare.
+  --serve PATH [PATH ...]
+                   start `python -m budgetlora serve PATH ...` itself on a free loopback port (several
+                   folders: their ensemble), once with dynamic batching and once with --no-batching
+                   (one request per model call), load each the same way, stop it with SIGTERM, and
+                   compare.
 
 Every request is one text (`{"inputs": "..."}`), sent with aiohttp (httpx without it) from the bundled AG News evaluation sample
 (`--texts FILE` for others: a CSV with a `text` column; `--words W` cuts each to its first W
@@ -158,8 +160,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(path: str, extra: list[str], port: int, threads: int | None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "budgetlora", "serve", str(path), "--port", str(port), *extra]
+def start_server(paths: list[str], extra: list[str], port: int, threads: int | None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "budgetlora", "serve", *map(str, paths), "--port", str(port), *extra]
     if threads:
         args += ["--threads", str(threads)]
     log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty server must never block on it
@@ -219,14 +221,14 @@ def wait_until_idle(max_wait: float, threshold: float = 0.3, window: float = 3.0
     return round(time.perf_counter() - started, 1)
 
 
-def serve_and_load(path: str, texts: list[str], *, batching: bool, n: int, concurrency: int, threads: int | None,
+def serve_and_load(paths: list[str], texts: list[str], *, batching: bool, n: int, concurrency: int, threads: int | None,
                    warmup: int, max_seconds: float, extra: list[str] = (), wait_idle: float = 0) -> dict:
     """Start the server (batching on or off), warm it up, load it, stop it; the figures, with the
     CPU cores other processes used meanwhile (`other_cores`: well above 0 means noisy figures)."""
     waited = wait_until_idle(wait_idle) if wait_idle else 0.0
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_server(path, [*extra, *([] if batching else ["--no-batching"])], port, threads)
+    process = start_server(paths, [*extra, *([] if batching else ["--no-batching"])], port, threads)
     try:
         wait_healthy(url, process)
         served = server_info(url)
@@ -259,11 +261,11 @@ def _cpu_split(counters: tuple, server_pid: int) -> dict:
             "other_cores": round(max(0.0, (now[0] - machine0) - server - client) / wall, 2)}
 
 
-def compare(path: str, texts: list[str], *, n: int, concurrency: int, threads: int | None, warmup: int,
+def compare(paths: list[str], texts: list[str], *, n: int, concurrency: int, threads: int | None, warmup: int,
             max_seconds: float, extra: list[str] = (), wait_idle: float = 0, repeat: int = 1) -> dict:
     """Batching on, then off, `repeat` times interleaved (so drifting load hits both alike); the
     speedup of the median throughputs, every round kept."""
-    runs = [serve_and_load(path, texts, batching=b, n=n, concurrency=concurrency, threads=threads, warmup=warmup,
+    runs = [serve_and_load(paths, texts, batching=b, n=n, concurrency=concurrency, threads=threads, warmup=warmup,
                            max_seconds=max_seconds, extra=extra, wait_idle=wait_idle)
             for _ in range(repeat) for b in (True, False)]
     median = {b: float(np.median([r["throughput_rps"] for r in runs if r["batching"] is b])) for b in (True, False)}
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
-    target.add_argument("--serve", metavar="PATH", help="run or export folder: start the server, batching on and off")
+    target.add_argument("--serve", metavar="PATH", nargs="+",
+                        help="run or export folder(s; several: their ensemble): start the server, batching on and off")
     p.add_argument("-n", "--requests", type=int, default=512, help="requests per load (default %(default)s)")
     p.add_argument("-c", "--concurrency", type=int, default=32, help="concurrent clients (default %(default)s)")
     p.add_argument("--threads", type=int, help="--serve: the server's --threads")

@@ -601,13 +601,15 @@ def _declare_augment(sub) -> None:
 
 
 def _declare_serve(sub) -> None:
-    """`budgetlora serve`: a run or export folder over HTTP (TEI's routes), dynamic batching; --engine ray."""
+    """`budgetlora serve`: a run or export folder (or several: an ensemble) over HTTP (TEI's routes),
+    dynamic batching; --engine ray."""
     from .deploy.predictor import BACKENDS
     from .deploy.server import ServeSettings
 
     d = ServeSettings()
     p = sub.add_parser("serve", help="a run or export folder over HTTP (TEI's /predict, /info, /health, /metrics)")
-    p.add_argument("path", help="run folder (budgetlora train --out) or export folder (budgetlora export --out)")
+    p.add_argument("path", nargs="+", help="run folder (budgetlora train --out) or export folder (budgetlora export "
+                   "--out); several: their ensemble (mean class probabilities; members of one model and max_length)")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help="TCP port (default %(default)s)")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (default: $BUDGETLORA_API_KEY)")

@@ -131,6 +131,17 @@ def trained_run(tmp_path_factory, tiny_model_dir, synthetic_csv, synthetic_test_
     return out, metrics
 
 
+@pytest.fixture(scope="session")
+def second_run(tmp_path_factory, tiny_model_dir, synthetic_csv):
+    """Another run of the same task, another seed: a different model of the same classes (ensembles)."""
+    from budgetlora.training.loop import train
+
+    out = tmp_path_factory.mktemp("runs") / "seed7"
+    train(tiny_config(tiny_model_dir, synthetic_csv, "train.seed=7", "train.report=false", "train.tracker=none"), out,
+          log=lambda message: None)
+    return out
+
+
 def run_cli(*args, cwd=None):
     """Run `python -m budgetlora ARGS` in a fresh process; returns CompletedProcess."""
     import subprocess

@@ -15,17 +15,6 @@ from budgetlora.evaluation.metrics import softmax
 from .conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def second_run(tmp_path_factory, tiny_model_dir, synthetic_csv):
-    """Another run of the same task, another seed: a different model of the same classes."""
-    from budgetlora.training.loop import train
-
-    out = tmp_path_factory.mktemp("runs") / "seed7"
-    train(tiny_config(tiny_model_dir, synthetic_csv, "train.seed=7", "train.report=false", "train.tracker=none"), out,
-          log=lambda message: None)
-    return out
-
-
 def probabilities(frame: pd.DataFrame) -> np.ndarray:
     return frame.filter(like="prob_").to_numpy()
 
@@ -110,3 +99,71 @@ def test_softmax_of_ensemble_logits_is_the_mean_probability():
     ensemble.members[0].encode = ensemble.members[1].encode = lambda texts: [np.zeros(2)] * len(texts)
     got = softmax(ensemble.logits(["x", "y"]))
     np.testing.assert_allclose(got, (softmax(a) + softmax(b)) / 2, atol=1e-6)
+
+
+# ---------------------------------------------------------------- serving an ensemble
+
+
+def test_two_seeds_are_served_as_one_ensemble(trained_run, second_run):
+    """`budgetlora serve RUN RUN` (create_app on an ensemble): TEI's answers carry the members' mean
+    probabilities, /info names each member (no server path), and the ensemble encodes once, so an
+    over-long text with truncate=false is a 413 as for one run."""
+    from fastapi.testclient import TestClient
+
+    from budgetlora.deploy.predictor import load_predictor
+    from budgetlora.deploy.server import ServeSettings, create_app
+
+    first, _ = trained_run
+    ensemble = load_predictor([first, second_run])
+    members = [load_predictor(first), load_predictor(second_run)]
+    texts = ["stock market shares today", "football goal coach", "new chip software release"]
+    expected = sum(softmax(m.predict(texts)) for m in members) / 2
+    with TestClient(create_app(ensemble, ServeSettings())) as c:
+        answer = c.post("/predict", json={"inputs": texts}).json()
+        info = c.get("/info").json()
+        too_long = c.post("/predict", json={"inputs": "stock " * 200, "truncate": False})
+        cut = c.post("/predict", json={"inputs": "stock " * 200})
+    for row, probs in zip(answer, expected):
+        got = {p["label"]: p["score"] for p in row}
+        np.testing.assert_allclose([got[n] for n in ensemble.label_names], probs, atol=1e-5)
+    assert [m["source"] for m in info["ensemble"]] == [first.name, second_run.name]
+    assert info["source"] == "ensemble of 2" and info["max_input_length"] == members[0].max_length
+    assert not any(str(m["model"]).startswith("/") for m in [info, *info["ensemble"]])
+    assert too_long.status_code == 413 and too_long.json()["error_type"] == "Validation"
+    assert cut.status_code == 200
+
+
+def test_a_member_that_encoded_without_truncation_still_reads_text_alike(trained_run, second_run):
+    """A tokenizer carries its last call's truncation in its serialised form (here none, after a
+    truncate=false encoding); seeds of one recipe are one encoding all the same (three quickstart
+    seeds were refused by `budgetlora serve` before this was ignored)."""
+    from budgetlora.deploy.ensemble import Ensemble
+    from budgetlora.deploy.predictor import load_predictor
+    from budgetlora.deploy.server import ServeSettings, create_app
+
+    first, _ = trained_run
+    used, fresh = load_predictor(first), load_predictor(second_run)
+    used.encode(["stock market shares today"], truncate=False)  # as a truncate=false request does
+    ensemble = Ensemble([used, fresh])
+    assert ensemble.one_encoding
+    create_app(ensemble, ServeSettings())  # served, not refused
+
+
+def test_members_that_read_text_differently_predict_together_but_are_not_served(
+        trained_run, tiny_model_dir, synthetic_csv, synthetic_test_csv, tmp_path, capsys):
+    """Another max_length: predict and evaluate take the ensemble (each member encodes), the server
+    refuses it in one line before binding (its batches are bounded in one encoding's tokens)."""
+    from budgetlora.training.loop import train
+
+    first, _ = trained_run
+    shorter = tmp_path / "len16"
+    train(tiny_config(tiny_model_dir, synthetic_csv, "model.max_length=16", "train.max_steps=4",
+                      "train.report=false", "train.tracker=none"), shorter, log=lambda message: None)
+    both = predict_file([first, shorter], str(synthetic_test_csv), tmp_path / "both.csv", probabilities=True)
+    one = predict_file(first, str(synthetic_test_csv), tmp_path / "one.csv", probabilities=True)
+    other = predict_file(shorter, str(synthetic_test_csv), tmp_path / "other.csv", probabilities=True)
+    np.testing.assert_allclose(probabilities(both), (probabilities(one) + probabilities(other)) / 2, atol=1e-5)
+    assert main(["serve", str(first), str(shorter)]) == 2  # refused before anything binds
+    err = capsys.readouterr().err
+    assert "read text differently" in err and "max_length 32 vs 16" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

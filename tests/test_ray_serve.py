@@ -1,11 +1,13 @@
 """deploy.ray_serve: the trained run as a Ray Serve deployment with two replicas on this machine
-(a local Ray, no cluster), answering the uvicorn server's routes and shapes, with Ray's batching.
+(a local Ray, no cluster), answering the uvicorn server's routes and shapes, with Ray's batching;
+two seeds as one ensemble beside it, and an ensemble no server can batch refused before Ray starts.
 Slow: Ray's start takes tens of seconds and a few GB of memory."""
 
 import asyncio
 import socket
 
 import httpx
+import numpy as np
 import pytest
 
 from budgetlora.deploy.predictor import load_predictor
@@ -78,3 +80,40 @@ def test_concurrent_requests_all_answer_through_ray_batching(ray_url):
 
     responses = asyncio.run(run())
     assert [r.status_code for r in responses] == [200] * 24
+
+
+def test_two_seeds_serve_as_one_ensemble_on_ray(ray_url, trained_run, second_run):
+    from ray import serve
+
+    from budgetlora.deploy.ray_serve import bind
+    from budgetlora.evaluation.metrics import softmax
+
+    settings = ServeSettings(replicas=1, cpus_per_replica=0.5, api_key="k")
+    serve.run(bind([trained_run[0], second_run], settings), name="ensemble", route_prefix="/ensemble")
+    try:
+        texts = ["stock market shares today", "football goal coach"]
+        answer = httpx.post(f"{ray_url}/ensemble/predict", json={"inputs": texts}, headers=AUTH, timeout=60).json()
+        info = httpx.get(f"{ray_url}/ensemble/info", headers=AUTH, timeout=60).json()
+    finally:
+        serve.delete("ensemble")
+    members = [load_predictor(trained_run[0]), load_predictor(second_run)]
+    expected = sum(softmax(m.predict(texts)) for m in members) / 2
+    for row, probs in zip(answer, expected):
+        got = {p["label"]: p["score"] for p in row}
+        np.testing.assert_allclose([got[n] for n in members[0].label_names], probs, atol=1e-5)
+    assert info["source"] == "ensemble of 2" and len(info["ensemble"]) == 2
+
+
+def test_an_ensemble_of_other_lengths_is_refused_before_any_replica(trained_run, tiny_model_dir, synthetic_csv,
+                                                                     tmp_path):
+    from budgetlora.deploy.ray_serve import bind
+    from budgetlora.errors import UserError
+    from budgetlora.training.loop import train
+
+    from .conftest import tiny_config
+
+    shorter = tmp_path / "len16"
+    train(tiny_config(tiny_model_dir, synthetic_csv, "model.max_length=16", "train.max_steps=2",
+                      "train.report=false", "train.tracker=none"), shorter, log=lambda message: None)
+    with pytest.raises(UserError, match="read text differently"):
+        bind([trained_run[0], shorter], ServeSettings())

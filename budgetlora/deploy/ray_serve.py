@@ -1,7 +1,7 @@
 """Ray Serve: the same Predictor as a Ray Serve deployment, to serve past one machine.
 
-`budgetlora serve PATH --engine ray --replicas N` (or --min-replicas/--max-replicas: autoscaling)
-runs PATH's predictor in N Ray Serve replicas behind Ray's HTTP proxy, with the uvicorn server's
+`budgetlora serve PATH [PATH ...] --engine ray --replicas N` (or --min-replicas/--max-replicas:
+autoscaling; several folders: their ensemble, deploy/ensemble.py) runs PATH's predictor in N Ray Serve replicas behind Ray's HTTP proxy, with the uvicorn server's
 routes and shapes (FastAPI ingress via `@serve.ingress`; request parsing, limits, errors and the
 answer come from `server.py`). Batching is Ray Serve's own `@serve.batch` (max_batch_size and
 batch_wait_timeout_s from the flags) instead of budgetlora's batcher; the queue bound is Ray's
@@ -23,7 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from ..errors import UserError
-from .server import ApiError, ServeSettings, answer, encode, error_body, info, parse_predict, read_body, resolve
+from .server import (ApiError, ServeSettings, answer, encode, error_body, info, parse_predict, read_body, resolve,
+                     servable, served_name)
 
 DEPLOYMENT_NAME = "budgetlora"
 
@@ -66,11 +67,11 @@ def build_deployment(settings: ServeSettings):
     @serve.deployment(name=DEPLOYMENT_NAME, **deployment_options(settings))
     @serve.ingress(app)
     class BudgetloraClassifier:
-        def __init__(self, path: str, settings: ServeSettings):
+        def __init__(self, paths: list[str], settings: ServeSettings):
             from .predictor import load_predictor
 
-            self.predictor = load_predictor(path, settings.backend, threads=settings.threads,
-                                            precision=settings.precision)
+            self.predictor = servable(load_predictor(paths, settings.backend, threads=settings.threads,
+                                                     precision=settings.precision))
             self.settings = settings
             self.key = settings.api_key.encode("utf-8") if settings.api_key else None
             self.classify.set_max_batch_size(settings.ray_max_batch_size)
@@ -113,20 +114,26 @@ def build_deployment(settings: ServeSettings):
     return BudgetloraClassifier
 
 
-def bind(path: str | Path, settings: ServeSettings):
-    """The Ray Serve application serving `path` (absolute: replicas may start on other nodes)."""
-    path = Path(path).resolve()
-    from .predictor import is_export, is_run
+def bind(path: str | Path | list, settings: ServeSettings):
+    """The Ray Serve application serving `path` (several: their ensemble), absolute paths: replicas
+    may start on other nodes. An ensemble is loaded here once first, so that members a server
+    cannot batch together are refused in one line before any replica starts."""
+    from .predictor import is_export, is_run, load_predictor
 
-    if not (is_run(path) or is_export(path)):
-        raise UserError(f"{path} is neither a budgetlora run nor an export folder; give the --out folder of "
-                        f"`budgetlora train` or `export`")
-    return build_deployment(settings).bind(str(path), settings)
+    paths = [Path(p).resolve() for p in ([path] if isinstance(path, (str, Path)) else path)]
+    for folder in paths:
+        if not (is_run(folder) or is_export(folder)):
+            raise UserError(f"{folder} is neither a budgetlora run nor an export folder; give the --out folder of "
+                            f"`budgetlora train` or `export`")
+    if len(paths) > 1:
+        servable(load_predictor(paths, settings.backend, threads=settings.threads, precision=settings.precision))
+    return build_deployment(settings).bind([str(p) for p in paths], settings)
 
 
 def app_builder(args: dict):
     """`serve run budgetlora.deploy.ray_serve:app_builder path=RUN replicas=2 ...`: the application
-    from string arguments (`path` plus any ServeSettings field), as Ray Serve's config files pass them."""
+    from string arguments (`path` plus any ServeSettings field), as Ray Serve's config files pass them;
+    `path` may be a list of folders (a config file's YAML list): their ensemble."""
     args = dict(args)
     if "path" not in args:
         raise UserError("app_builder needs path=RUN_OR_EXPORT_FOLDER")
@@ -151,7 +158,7 @@ def settings_from_strings(args: dict) -> ServeSettings:
     return replace(defaults, **converted).check()
 
 
-def serve_ray(path: str | Path, settings: ServeSettings) -> None:
+def serve_ray(path: str | Path | list, settings: ServeSettings) -> None:
     """Start (or join, with --ray-address) Ray, run the application on host:port, block until a signal."""
     import signal
     import threading
@@ -162,14 +169,15 @@ def serve_ray(path: str | Path, settings: ServeSettings) -> None:
     except ImportError:
         raise UserError("--engine ray needs Ray Serve: pip install 'budgetlora[ray]'") from None
     settings = resolve(settings)
-    application = bind(path, settings)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    application = bind(paths, settings)
     ray.init(address=settings.ray_address, include_dashboard=False, ignore_reinit_error=True,
              log_to_driver=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(application, name=DEPLOYMENT_NAME, route_prefix="/")
     how = (f"{settings.min_replicas}-{settings.max_replicas} replicas (autoscaling)" if settings.min_replicas is not None
            else f"{settings.replicas} replica(s)")
-    print(f"budgetlora: serving {Path(path).name} on Ray Serve, {how}, on http://{settings.host}:{settings.port}",
+    print(f"budgetlora: serving {served_name(paths)} on Ray Serve, {how}, on http://{settings.host}:{settings.port}",
           flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

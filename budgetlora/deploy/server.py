@@ -190,9 +190,10 @@ def info(predictor: Predictor, settings: ServeSettings) -> dict:
     from .. import __version__
 
     described = predictor.describe()
-    model = described.get("model") or ""
-    if os.path.isabs(model) or model.startswith("."):  # a folder on the server: its name only
-        model = Path(model).name
+    model = public_model_name(described.get("model"))
+    if "ensemble" in described:
+        described["ensemble"] = [{**member, "model": public_model_name(member.get("model"))}
+                                 for member in described["ensemble"]]
     labels = described["labels"]
     return {**described, "model": model, "model_id": model,
             "model_type": {"classifier": {"id2label": {str(i): n for i, n in enumerate(labels)},
@@ -200,6 +201,22 @@ def info(predictor: Predictor, settings: ServeSettings) -> dict:
             "max_input_length": predictor.max_length, "max_batch_tokens": settings.max_batch_tokens,
             "max_client_batch_size": settings.max_client_batch, "max_concurrent_requests": settings.max_queue,
             "auto_truncate": True, "batching": settings.batching, "version": __version__}
+
+
+def public_model_name(model: str | None) -> str:
+    """A model id as is; a folder on the server: its name only."""
+    model = model or ""
+    return Path(model).name if os.path.isabs(model) or model.startswith(".") else model
+
+
+def servable(predictor: Predictor) -> Predictor:
+    """`predictor`, once it can be served: an ensemble must encode text once for all its members
+    (the batcher bounds batches in tokens, and a too-long text is answered 413)."""
+    from .ensemble import Ensemble
+
+    if isinstance(predictor, Ensemble):
+        predictor.require_one_encoding()
+    return predictor
 
 
 def error_body(error: ApiError) -> dict:
@@ -284,6 +301,7 @@ def make_batcher(predictor: Predictor, settings: ServeSettings, observer: BatchO
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     """The FastAPI app serving `predictor` (its batcher starts and drains with the app's lifespan)."""
+    predictor = servable(predictor)
     settings = settings or ServeSettings()
     metrics = Metrics()
 
@@ -408,18 +426,20 @@ def resolve(settings: ServeSettings) -> ServeSettings:
     return settings
 
 
-def serve(path: str | Path, settings: ServeSettings | None = None) -> None:
-    """Load the run or export folder and serve it under uvicorn until SIGINT / SIGTERM."""
+def serve(path: str | Path | list, settings: ServeSettings | None = None) -> None:
+    """Load the run or export folder (several: their ensemble, deploy/ensemble.py) and serve it
+    under uvicorn until SIGINT / SIGTERM."""
     import uvicorn
 
     from .predictor import load_predictor
 
     settings = resolve(settings or ServeSettings())
-    predictor = load_predictor(path, settings.backend, threads=settings.threads, precision=settings.precision)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    predictor = load_predictor(paths, settings.backend, threads=settings.threads, precision=settings.precision)
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=settings.graceful_timeout_s)
-    print(f"budgetlora: serving {Path(path).name} ({predictor.backend}, {len(predictor.label_names)} classes) "
+    print(f"budgetlora: serving {served_name(paths)} ({predictor.backend}, {len(predictor.label_names)} classes) "
           f"on http://{settings.host}:{settings.port} (batching {'on' if settings.batching else 'off'})",
           flush=True)
     server = uvicorn.Server(config)
@@ -430,3 +450,9 @@ def serve(path: str | Path, settings: ServeSettings | None = None) -> None:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     if not server.started:
         raise UserError(f"the server did not start on {settings.host}:{settings.port} (port in use?)")
+
+
+def served_name(paths: list) -> str:
+    """What the start-up line calls the served folders."""
+    names = ", ".join(Path(p).name for p in paths)
+    return names if len(paths) == 1 else f"an ensemble of {len(paths)} ({names})"
