@@ -33,6 +33,7 @@ def long_tiny_model(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # ~60 s: five pipelines in fresh processes
 def test_speed_benchmark_smoke(long_tiny_model, synthetic_csv, tmp_path):
     out = tmp_path / "speed.json"
     args = ["--model", long_tiny_model, "--data", synthetic_csv, "--rows", 48, "--val-size", 16, "--max-steps", 1,

@@ -73,6 +73,7 @@ def test_quickstart_refuses_a_bad_time_budget_in_one_line(tmp_path, extra, says,
     assert len(err) == 1 and says in err[0] and not (tmp_path / "qs").exists()
 
 
+@pytest.mark.slow  # ~70 s of real-MiniLM measuring; tests/test_time_budget.py refuses short budgets on the tiny model
 def test_quickstart_time_budget_too_short_for_this_machine_is_refused_after_measuring(tmp_path):
     """A throwaway run measures this machine; 20 s cannot hold the evaluation of 2,000 rows on any
     CPU this runs on, so it is refused with the budget that would fit, and nothing is written."""
