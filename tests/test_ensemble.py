@@ -167,3 +167,13 @@ def test_members_that_read_text_differently_predict_together_but_are_not_served(
     err = capsys.readouterr().err
     assert "read text differently" in err and "max_length 32 vs 16" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_start_up_line_names_members_apart_when_their_folders_share_a_name():
+    """Three quickstarts' runs are all `.../run`: named by path, else by folder name (the start-up
+    line and the refusal of members that read text differently)."""
+    from budgetlora.deploy.server import served_name
+
+    assert served_name(["q1/run", "q2/run"]) == "an ensemble of 2 (q1/run, q2/run)"
+    assert served_name(["runs/s1", "runs/s2"]) == "an ensemble of 2 (s1, s2)"
+    assert served_name(["runs/s1"]) == "s1"

@@ -85,14 +85,19 @@ class Ensemble:
         if not self.one_encoding:
             first = self.members[0]
             other = next(m for m in self.members[1:] if not reads_text_alike(first, m))
-            names = [Path(first.source).name, Path(other.source).name]
-            if names[0] == names[1]:  # e.g. two runs' `.../run`: name them in full
-                names = [first.source, other.source]
+            names = member_names([first.source, other.source])
             difference = (f"max_length {first.max_length} vs {other.max_length}" if first.max_length != other.max_length
                           else "another tokenizer")
             raise UserError(f"{names[0]} and {names[1]} read text differently ({difference}); a served ensemble needs "
                             "members of one model and max_length (e.g. seeds of one recipe). Serve them apart, or use "
                             "`budgetlora predict` / `evaluate`, which take any ensemble")
+
+
+def member_names(paths: list) -> list[str]:
+    """The members' folder names, or their whole paths where two folder names are alike (three
+    quickstarts' runs are all `.../run`)."""
+    names = [Path(p).name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
 def reads_text_alike(a: Predictor, b: Predictor) -> bool:

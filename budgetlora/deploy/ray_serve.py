@@ -1,9 +1,10 @@
 """Ray Serve: the same Predictor as a Ray Serve deployment, to serve past one machine.
 
 `budgetlora serve PATH [PATH ...] --engine ray --replicas N` (or --min-replicas/--max-replicas:
-autoscaling; several folders: their ensemble, deploy/ensemble.py) runs PATH's predictor in N Ray Serve replicas behind Ray's HTTP proxy, with the uvicorn server's
-routes and shapes (FastAPI ingress via `@serve.ingress`; request parsing, limits, errors and the
-answer come from `server.py`). Batching is Ray Serve's own `@serve.batch` (max_batch_size and
+autoscaling; several folders: their ensemble, deploy/ensemble.py) runs PATH's predictor in N Ray
+Serve replicas behind Ray's HTTP proxy, with the uvicorn server's routes and shapes (FastAPI
+ingress via `@serve.ingress`; request parsing, limits, errors and the answer come from
+`server.py`). Batching is Ray Serve's own `@serve.batch` (max_batch_size and
 batch_wait_timeout_s from the flags) instead of budgetlora's batcher; the queue bound is Ray's
 `max_queued_requests` (Ray answers 503 past it, not 429). /metrics is Ray's own Prometheus
 endpoint (`ray metrics`), not this app's. For `serve run` / `serve deploy` on a cluster,

@@ -454,5 +454,7 @@ def serve(path: str | Path | list, settings: ServeSettings | None = None) -> Non
 
 def served_name(paths: list) -> str:
     """What the start-up line calls the served folders."""
-    names = ", ".join(Path(p).name for p in paths)
+    from .ensemble import member_names
+
+    names = ", ".join(member_names(paths))
     return names if len(paths) == 1 else f"an ensemble of {len(paths)} ({names})"
