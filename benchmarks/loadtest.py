@@ -317,13 +317,19 @@ def main(argv: list[str] | None = None) -> int:
                          warmup=args.warmup, max_seconds=args.max_seconds, extra=args.server_arg,
                          wait_idle=args.wait_idle, repeat=args.repeat)
         report["threads"] = args.threads
-    report = {"command": " ".join(["python benchmarks/loadtest.py", *(argv if argv is not None else sys.argv[1:])]),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d"), **report}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    publish("loadtest.py", argv, report, args.out)
     return 0
+
+
+def publish(script: str, argv: list[str] | None, figures: dict, out: str | None) -> None:
+    """The figures with the command, machine and date that produced them: printed, and written
+    as JSON to `out` when given."""
+    report = {"command": " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), **figures}
+    print(json.dumps(report, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

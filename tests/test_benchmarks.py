@@ -126,3 +126,26 @@ def test_time_budget_benchmark_records_a_run_and_a_refusal(tiny_model_dir, tmp_p
     trained = run(budget)
     assert trained["budget_s"] == budget and trained["epochs"] == 2 and trained["train_rows"] >= 320
     assert trained["plan"].startswith(f"time budget {budget} s") and 0 <= trained["test_accuracy"] <= 1
+
+
+@pytest.mark.slow  # ~30 s: two evaluations and two servers in fresh processes
+def test_ensemble_benchmark_scores_members_and_ensemble_and_serves_both(trained_run, second_run, synthetic_test_csv,
+                                                                         tmp_path):
+    """benchmarks/ensemble.py on two tiny seeds: each member's and the ensemble's accuracy on the
+    held-out file, then one run against the ensemble under the same load, no errors."""
+    out = tmp_path / "ensemble.json"
+    first, _ = trained_run
+    done = subprocess.run([sys.executable, str(SPEED.parent / "ensemble.py"), str(first), str(second_run),
+                           "--data", str(synthetic_test_csv), "-n", "16", "-c", "4", "--repeat", "1", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    accuracy = report["accuracy"]
+    assert list(accuracy["members"]) == [str(first), str(second_run)]
+    assert all(0 <= a["accuracy"] <= 1 and a["n"] == accuracy["ensemble"]["n"] > 0
+               for a in [*accuracy["members"].values(), accuracy["ensemble"]])
+    rounds = report["serving"]["rounds"]
+    assert [r["served"] for r in rounds] == ["one run", "ensemble"]
+    assert all(r["requests"] == 16 and r["errors"] == 0 for r in rounds)
+    assert rounds[1]["backend"].startswith("ensemble of") and report["serving"]["cost"] > 0
